@@ -1,0 +1,1 @@
+"""Pipeline for five blur papers."""

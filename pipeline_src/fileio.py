@@ -1,0 +1,156 @@
+"""Atomic file and folder writes, hashing, and image reading/writing with explicit bit depth.
+
+Every stage output goes through these helpers so that a crash or a kill never leaves a half-written file
+where a later stage would take it for good output: write to a temporary sibling, fsync, then rename.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to `path`; on success it is renamed onto `path`, on error removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj, indent: int = 2) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=False) + "\n")
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike, replace: bool = True) -> Iterator[Path]:
+    """Build a folder under a temporary sibling name and rename it into place when the block succeeds.
+
+    An existing folder at `path` is replaced only after the new one is complete (replace=True), so a
+    reader never sees a partial folder under the final name.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            if not replace:
+                raise FileExistsError(f"{path} already exists")
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------------------------- images
+class ImageReadError(ValueError):
+    """An image file that is missing, truncated or not decodable; the message names the file."""
+
+
+def read_image(path: str | os.PathLike, color: bool = True) -> np.ndarray:
+    """Read an image at its stored bit depth: uint8 or uint16, RGB order (H, W, 3), or (H, W) if color=False.
+
+    OpenCV is used because it keeps 16 bits (IMREAD_UNCHANGED); it returns BGR, which is converted here
+    once so that nothing downstream has to remember it.
+    """
+    import cv2
+
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"{path}: no such image file")
+    data = np.fromfile(path, dtype=np.uint8)
+    if path.suffix.lower() == ".png" and not _png_complete(data):
+        raise ImageReadError(f"{path}: truncated PNG (no IEND chunk); re-download or regenerate it")
+    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise ImageReadError(f"{path}: not a decodable image ({len(data)} bytes)")
+    if img.dtype not in (np.uint8, np.uint16):
+        raise ImageReadError(f"{path}: unsupported sample type {img.dtype}; expected 8- or 16-bit")
+    if img.ndim == 3 and img.shape[2] == 4:
+        img = img[:, :, :3]
+    if color:
+        if img.ndim == 2:
+            img = np.repeat(img[:, :, None], 3, axis=2)
+        else:
+            img = img[:, :, ::-1]
+    elif img.ndim == 3:
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
+    return np.ascontiguousarray(img)
+
+
+def _png_complete(data: np.ndarray) -> bool:
+    # A PNG ends with the IEND chunk: 4-byte length 0, b"IEND", 4-byte CRC. A cut download lacks it.
+    return len(data) >= 12 and bytes(data[-12:-4]) == b"\x00\x00\x00\x00IEND"
+
+
+def write_image(path: str | os.PathLike, img: np.ndarray) -> None:
+    """Write an RGB (H, W, 3) or grey (H, W) uint8/uint16 array atomically; the suffix picks the format."""
+    import cv2
+
+    if img.dtype not in (np.uint8, np.uint16):
+        raise TypeError(f"{path}: write_image expects uint8 or uint16, got {img.dtype}")
+    arr = img[:, :, ::-1] if img.ndim == 3 else img
+    ok, buf = cv2.imencode(Path(path).suffix, np.ascontiguousarray(arr))
+    if not ok:
+        raise OSError(f"{path}: OpenCV could not encode the image")
+    atomic_write_bytes(path, buf.tobytes())
+
+
+def bit_depth_of(img: np.ndarray) -> int:
+    return {np.dtype(np.uint8): 8, np.dtype(np.uint16): 16}[img.dtype]
+
+
+def to_float(img: np.ndarray) -> np.ndarray:
+    """uint8/uint16 -> float32 in [0, 1], dividing by the dtype's maximum (255 or 65535)."""
+    return img.astype(np.float32) / float(np.iinfo(img.dtype).max)
