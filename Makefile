@@ -1,0 +1,32 @@
+# The two commands of the README's quick start. Both set up .venv/ first (once; again only when
+# pyproject.toml changes), so they are safe to run twice and quick the second time.
+VENV    := .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+PYTHON  ?= python3
+
+.PHONY: setup run smoke test test-fast clean-data
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] >= (3, 11), "Python >= 3.11 needed, found " + sys.version' 
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	@touch $(STAMP)
+
+## make run: set up, then build everything on the embedded default (synthetic data, CPU-sized)
+run: setup
+	. $(VENV)/bin/activate && snakemake --cores 8 all
+
+## make smoke: the same DAG in seconds
+smoke: setup
+	. $(VENV)/bin/activate && snakemake --cores 8 all --config preset=smoke
+
+## make test: set up, then run the test suite (CPU only; GPU/TensorRT tests skip with their reason)
+test: setup
+	. $(VENV)/bin/activate && python -m pytest -q
+
+clean-data:
+	rm -rf data .snakemake mlflow.db mlflow.db.lock mlruns

@@ -1,0 +1,24 @@
+# The pipeline for five blur papers. Every rule calls `python -m pipeline_src <stage>` with explicit paths;
+# dvc.yaml calls the very same commands (tests/test_orchestrators.py checks that the two graphs agree).
+#   snakemake --cores 8 all                       # the embedded default (synthetic data, CPU-sized)
+#   snakemake --cores 8 all --config preset=smoke # seconds
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        all_targets(),

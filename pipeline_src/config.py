@@ -1,0 +1,138 @@
+"""Configuration as data: loading, schema validation, presets and named options.
+
+- `config/config.yaml`: what the DAG builds (read by Snakemake and DVC alike), validated against
+  `workflow/schemas/config.schema.yaml` — the same schema Snakemake's `validate()` uses.
+- `config/presets.yaml`: data sizes per scale preset.
+- `config/models/<recipe>.yaml`: one training recipe (model, phases, protocol); its `presets` may change only
+  sizes and lengths, its `options` are named variants (e.g. the released code's hyper-parameters).
+"""
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PRESETS = ("smoke", "default", "paper")
+# What a preset may change in a training phase: sizes, counts and lengths, never the recipe itself.
+PRESET_PHASE_KEYS = {"length", "batch_size", "crop", "val_every", "ckpt_every", "log_every", "val_samples",
+                     "num_workers", "image_every"}
+
+
+class ConfigError(ValueError):
+    """A config file or value that is wrong; the message names the file and the field."""
+
+
+def project_root(start: str | os.PathLike | None = None) -> Path:
+    """The folder holding config/config.yaml, searched upwards from `start` (default: the working directory)."""
+    here = Path(start or os.getcwd()).resolve()
+    for d in (here, *here.parents):
+        if (d / "config" / "config.yaml").is_file():
+            return d
+    return here
+
+
+def load_yaml(path: str | os.PathLike) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        with open(path) as f:
+            return yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+
+
+def deep_merge(base: Any, override: Any) -> Any:
+    """Merge `override` into a copy of `base`: dicts key by key, lists element by element, else replace."""
+    if isinstance(base, dict) and isinstance(override, dict):
+        out = copy.deepcopy(base)
+        for k, v in override.items():
+            out[k] = deep_merge(base[k], v) if k in base else copy.deepcopy(v)
+        return out
+    if isinstance(base, list) and isinstance(override, list):
+        if len(override) > len(base):
+            raise ConfigError(f"override has {len(override)} list items, the base only {len(base)}")
+        return [deep_merge(b, o) for b, o in zip(base, override)] + copy.deepcopy(base[len(override):])
+    return copy.deepcopy(override)
+
+
+def validate_schema(data: Any, schema_path: str | os.PathLike, what: str) -> None:
+    import jsonschema
+
+    schema = load_yaml(schema_path)
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = [f"{what}: {'.'.join(map(str, e.absolute_path)) or '(top)'}: {e.message}" for e in errors[:10]]
+        raise ConfigError("invalid configuration\n  " + "\n  ".join(lines))
+
+
+def load_pipeline_config(path: str | os.PathLike = "config/config.yaml", overrides: dict | None = None) -> dict:
+    path = Path(path)
+    root = project_root(path.parent)
+    cfg = deep_merge(load_yaml(path), overrides or {})
+    validate_schema(cfg, root / "workflow" / "schemas" / "config.schema.yaml", str(path))
+    check_train_chain(cfg, str(path))
+    return cfg
+
+
+def check_train_chain(cfg: dict, where: str) -> None:
+    """Each train entry's `after` is what the phase starts from: the recipe file for phase 1, else the
+    previous phase's final.pt. DVC cannot compute that path, so config spells it out; this checks it."""
+    for key, job in cfg.get("train", {}).items():
+        want = (f"config/models/{job['recipe']}.yaml" if job["phase"] == 1 else
+                run_dir(job["recipe"], job["dataset"], job["phase"] - 1) + "/final.pt")
+        if job["after"] != want:
+            raise ConfigError(f"{where}: train.{key}.after is {job['after']!r}; phase {job['phase']} of "
+                              f"{job['recipe']} on {job['dataset']} must start from {want!r}")
+
+
+def run_dir(recipe: str, dataset: str, phase: int) -> str:
+    return f"data/runs/{recipe}/{dataset}/phase{phase}"
+
+
+def load_presets(root: str | os.PathLike | None = None) -> dict:
+    root = project_root(root)
+    return load_yaml(root / "config" / "presets.yaml")
+
+
+def preset_section(preset: str, section: str, root: str | os.PathLike | None = None) -> dict:
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    presets = load_presets(root)
+    try:
+        return presets[preset][section]
+    except KeyError:
+        raise ConfigError(f"config/presets.yaml: no section {preset}.{section}") from None
+
+
+def load_recipe(path: str | os.PathLike, preset: str, option: str | None = None) -> dict:
+    """A training recipe resolved for a preset (and a named option): the dict the phase runner executes."""
+    path = Path(path)
+    raw = load_yaml(path)
+    root = project_root(path.parent)
+    validate_schema(raw, root / "workflow" / "schemas" / "recipe.schema.yaml", str(path))
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    recipe = {k: v for k, v in raw.items() if k not in ("presets", "options")}
+    if option is not None:
+        options = raw.get("options", {})
+        if option not in options:
+            raise ConfigError(f"{path}: no option {option!r}; known: {', '.join(options) or '(none)'}")
+        recipe = deep_merge(recipe, options[option])
+    override = raw.get("presets", {}).get(preset, {})
+    for i, phase in enumerate(override.get("phases", [])):
+        bad = set(phase) - PRESET_PHASE_KEYS
+        if bad:
+            raise ConfigError(f"{path}: presets.{preset}.phases[{i}] may change only {sorted(PRESET_PHASE_KEYS)}, "
+                              f"not {sorted(bad)}: a preset never changes the recipe itself")
+    if set(override) - {"phases"}:
+        raise ConfigError(f"{path}: presets.{preset} may only hold `phases`, found {sorted(set(override) - {'phases'})}")
+    recipe = deep_merge(recipe, override)
+    recipe["preset"] = preset
+    recipe["option"] = option
+    recipe["recipe_file"] = str(path)
+    return recipe

@@ -1,0 +1,109 @@
+"""What the phase runner feeds the model: patch datasets, loaders, validation and sample images.
+
+The patch dataset returns one dict per patch (each view, the target or mask, as CHW float tensors in [0, 1])
+with the same crop and flips on every view. Here the model's `input_views` are concatenated along channels
+in the model's order, which is the one input tensor every model takes.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def target_key(model) -> str:
+    return "mask" if getattr(model, "task", "restoration") == "detection" else "target"
+
+
+def training_set(patch_dir: Path, phase: dict, model, seed: int):
+    from pipeline_src.data.patch_dataset import PatchDataset
+
+    augment = phase.get("augment", {})
+    return PatchDataset(patch_dir, "train", views=list(model.input_views), crop=phase["crop"],
+                        hflip=augment.get("hflip", False), vflip=augment.get("vflip", False),
+                        rot90=augment.get("rot90", False), seed=seed, with_target=target_key(model))
+
+
+def validation_batches(patch_dir: Path, model, count: int) -> list[dict[str, torch.Tensor]]:
+    """The first `count` validation patches, whole (no crop, no flips), one per batch; fixed for the phase."""
+    from pipeline_src.data.patch_dataset import PatchDataset
+
+    val = PatchDataset(patch_dir, "val", views=list(model.input_views), crop=None, seed=0,
+                       with_target=target_key(model))
+    if len(val) == 0:
+        raise ValueError(f"{patch_dir}: no validation patches; the val split needs at least one sample")
+    return [{k: v.unsqueeze(0) for k, v in val[i].items()} for i in range(min(count, len(val)))]
+
+
+def loader(dataset, batches: list[list[int]], num_workers: int):
+    return torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=num_workers,
+                                       pin_memory=torch.cuda.is_available(), persistent_workers=False)
+
+
+def to_device(batch: dict[str, torch.Tensor], model, device: torch.device):
+    inputs = torch.cat([batch[v] for v in model.input_views], dim=1).to(device, non_blocking=True)
+    target = batch[target_key(model)].to(device, non_blocking=True)
+    if device.type == "cuda":
+        inputs = inputs.contiguous(memory_format=torch.channels_last)
+    return inputs, target
+
+
+def loss_options(recipe: dict, weights_dir: Path) -> dict:
+    """Per-loss construction arguments the recipe implies (the perceptual loss's VGG19 weight file)."""
+    opts: dict = {}
+    role = recipe.get("weights", {}).get("perceptual")
+    if role is not None:
+        from pipeline_src.data.registry import load_registry
+
+        entry = load_registry().weight(role)
+        opts["perceptual"] = {"weights_path": str(Path(weights_dir) / entry.filename),
+                              "expected_sha256": entry.sha256, "sha256_prefix": entry.sha256_prefix}
+    return {"options": opts}
+
+
+@torch.no_grad()
+def validate(model, batches, device) -> dict[str, float]:
+    """Mean PSNR of the model's output and of the blurry input against the target, on whole val patches."""
+    from pipeline_src.evaluate.metrics import psnr_torch
+
+    was_training = model.training
+    model.eval()
+    out_psnr, in_psnr = [], []
+    for b in batches:
+        inputs, target = to_device(b, model, device)
+        pred = model(inputs).float()
+        if getattr(model, "task", "restoration") == "detection":
+            pred = torch.sigmoid(pred)
+            out_psnr.append(float(psnr_torch(pred.clamp(0, 1), target)))
+            continue
+        out_psnr.append(float(psnr_torch(pred.clamp(0, 1), target)))
+        in_psnr.append(float(psnr_torch(b[model.input_views[-1] if "c" not in model.input_views else "c"]
+                                        .to(device), target)))
+    model.train(was_training)
+    metrics = {"val/psnr": float(np.mean(out_psnr))}
+    if in_psnr:
+        metrics["val/psnr_input"] = float(np.mean(in_psnr))
+        metrics["val/psnr_gain"] = metrics["val/psnr"] - metrics["val/psnr_input"]
+    return metrics
+
+
+@torch.no_grad()
+def sample_strip(model, batches, device) -> np.ndarray:
+    """input | output | target of the first validation patch, uint8 RGB, for the MLflow run's images."""
+    was_training = model.training
+    model.eval()
+    b = batches[0]
+    inputs, target = to_device(b, model, device)
+    pred = model(inputs).float()
+    if getattr(model, "task", "restoration") == "detection":
+        pred = torch.sigmoid(pred)
+    model.train(was_training)
+    view = "c" if "c" in model.input_views else model.input_views[0]
+
+    def rgb(t):
+        t = t[0].detach().float().cpu().clamp(0, 1)
+        t = t.expand(3, -1, -1) if t.shape[0] == 1 else t[:3]
+        return (t.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+
+    return np.concatenate([rgb(b[view]), rgb(pred), rgb(target)], axis=1)

@@ -1,0 +1,308 @@
+"""The phase runner: one training phase of one recipe on one dataset, the same code for every paper.
+
+A phase (from config/models/<recipe>.yaml, resolved for a preset) names its loss terms and weights, its
+optimiser, learning-rate schedule, batch, crop, augmentation, length, and whether it starts from the
+previous phase's weights. The runner:
+  - seeds everything from (seed, phase) so a CPU run is reproducible bit for bit;
+  - resumes from `last.pt` when one is there (written every `ckpt_every` steps), including the data position
+    and RNG states, so a run killed with SIGKILL ends with the same weights as one never interrupted;
+  - uses AMP (bf16, or fp16 with a scaler) and channels-last on CUDA, DDP under torchrun;
+  - logs loss terms, lr, samples/s and periodic validation PSNR to MLflow, with sample images;
+  - writes `final.pt` (the model file later stages read) atomically at the end.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline_src.fileio import atomic_write_json, sha256_file
+from pipeline_src.model_io import load_model_file, model_record, save_model_file
+from pipeline_src.models import build_model
+from pipeline_src.tracking import NullTracker, start_run
+from pipeline_src.train import batches as batch_io
+from pipeline_src.train.checkpoint import load_training_state, save_training_state, set_rng_state
+from pipeline_src.train.distributed import DistInfo, barrier, init_distributed, shutdown
+from pipeline_src.train.optim import build_optimizer
+from pipeline_src.train.sampler import batches_per_epoch, epoch_batches
+from pipeline_src.train.schedules import build_schedule
+
+log = logging.getLogger("pipeline_src.train")
+
+
+@dataclass
+class PhaseJob:
+    recipe: dict                      # resolved recipe (config.load_recipe)
+    recipe_name: str
+    phase: int                        # 1-based
+    dataset: str
+    manifest: Path
+    patches: Path
+    out_dir: Path
+    prev_final: Path | None = None    # the previous phase's final.pt (phase init: previous)
+    weights_dir: Path = Path("data/weights")
+    seed: int = 0
+    device: str = "auto"
+    tracking: bool = True
+    restart: bool = False
+    extra_tags: dict = field(default_factory=dict)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def state_digest(model: torch.nn.Module) -> str:
+    """sha256 over the model's tensors in key order: equal digests = identical weights."""
+    h = hashlib.sha256()
+    for k, v in model.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def pick_device(requested: str, dist: DistInfo) -> torch.device:
+    if requested == "auto":
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("--device cuda asked for, but torch sees no CUDA device")
+        return torch.device("cuda", dist.local_rank)
+    return torch.device(requested)
+
+
+def amp_dtype(phase: dict, device: torch.device) -> torch.dtype | None:
+    """bf16 where the GPU has it, else fp16; never on the CPU (slow there, and it breaks bit-exact resume)."""
+    mode = phase.get("amp", "auto")
+    if device.type != "cuda" or mode == "off":
+        return None
+    if mode == "fp16":
+        return torch.float16
+    if mode == "bf16" or torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16
+
+
+def _config_hash(job: PhaseJob, manifest_sha: str) -> str:
+    key = {"recipe": job.recipe, "phase": job.phase, "dataset": job.dataset, "seed": job.seed,
+           "manifest": manifest_sha}
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class _Progress:
+    """tqdm bar with loss, lr and it/s on a terminal; a plain log line every `log_every` steps otherwise."""
+
+    def __init__(self, total: int, start: int, desc: str, enabled: bool):
+        self.bar = None
+        self.enabled = enabled
+        if enabled and sys.stderr.isatty():
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, initial=start, desc=desc, dynamic_ncols=True)
+
+    def update(self, step: int, total: int, postfix: dict[str, float], line: bool) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix({k: f"{v:.4g}" for k, v in postfix.items()}, refresh=False)
+        elif self.enabled and line:
+            items = " ".join(f"{k}={v:.4g}" for k, v in postfix.items())
+            print(f"step {step}/{total} {items}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def run_phase(job: PhaseJob) -> dict[str, Any]:
+    dist = init_distributed()
+    try:
+        return _run_phase(job, dist)
+    finally:
+        shutdown(dist)
+
+
+def _run_phase(job: PhaseJob, dist: DistInfo) -> dict[str, Any]:
+    from pipeline_src.data.samples import manifest_sha256
+
+    phase = job.recipe["phases"][job.phase - 1]
+    device = pick_device(job.device, dist)
+    out = Path(job.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    last_path, final_path = out / "last.pt", out / "final.pt"
+    manifest_sha = manifest_sha256(job.manifest)
+    config_hash = _config_hash(job, manifest_sha)
+
+    # --- model: same seed -> same initial weights; phase k>1 starts from phase k-1's final weights
+    seed_everything(job.seed * 1000 + job.phase)
+    model_spec = job.recipe["model"]
+    model = build_model(model_spec["name"], **model_spec.get("args", {}))
+    init_info: dict[str, str] = {"mode": phase["init"]}
+    if phase["init"] == "previous":
+        if job.prev_final is None:
+            raise ValueError(f"phase {job.phase} ({phase['name']}) starts from the previous phase, "
+                             f"but no --init-from final.pt was given")
+        prev = load_model_file(job.prev_final)
+        if prev["model"] != {"name": model_spec["name"], "args": model_spec.get("args", {})}:
+            raise ValueError(f"{job.prev_final}: holds model {prev['model']}, phase {job.phase} trains {model_spec}")
+        model.load_state_dict(prev["state_dict"])
+        init_info.update(path=str(job.prev_final), sha256=sha256_file(job.prev_final), state_digest=state_digest(model))
+    model.to(device)
+    if device.type == "cuda" and phase.get("channels_last", True):
+        model = model.to(memory_format=torch.channels_last)
+
+    # --- data
+    train_set = batch_io.training_set(job.patches, phase, model, seed=job.seed)
+    val_batches = batch_io.validation_batches(job.patches, model, phase.get("val_samples", 8))
+    steps_per_epoch = batches_per_epoch(len(train_set), phase["batch_size"], dist.world_size)
+    total_steps = phase["length"].get("iterations") or phase["length"]["epochs"] * steps_per_epoch
+
+    # --- loss, optimiser, schedule, AMP
+    from pipeline_src.losses import build_loss
+    loss_fn = build_loss(phase["loss"], **batch_io.loss_options(job.recipe, job.weights_dir)).to(device)
+    optimizer = build_optimizer(phase["optimizer"], model.parameters())
+    base_lrs = [g["lr"] for g in optimizer.param_groups]
+    lr_factor = build_schedule(phase["schedule"], total_steps, steps_per_epoch)
+    dtype = amp_dtype(phase, device)
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+
+    # --- resume
+    step, epoch, batch_in_epoch, run_id = 0, 0, 0, None
+    if last_path.exists() and not job.restart:
+        state = load_training_state(last_path)
+        if state["config_hash"] != config_hash:
+            raise ValueError(f"{last_path}: was written by a different configuration (recipe, phase, dataset or "
+                             f"seed changed); delete it or pass --restart to start this phase over")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scaler is not None and state["scaler"] is not None:
+            scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        step, epoch, batch_in_epoch, run_id = (state["step"], state["epoch"], state["batch_in_epoch"],
+                                               state["mlflow_run_id"])
+        init_info = state["extra"].get("init", init_info)
+        if dist.is_main:
+            print(f"resuming {last_path} at step {step}/{total_steps} (epoch {epoch}, batch {batch_in_epoch})",
+                  file=sys.stderr)
+
+    # --- tracking (rank 0 only)
+    name = f"train/{job.recipe_name}/{job.dataset}/phase{job.phase}"
+    pretrained = getattr(loss_fn, "pretrained", {})
+    tags = {"pipeline.role": "train", "paper": job.recipe["paper"], "recipe": job.recipe_name,
+            "dataset": job.dataset, "phase": str(job.phase), "phase.name": phase["name"],
+            "preset": job.recipe["preset"], "device": str(device), "torch.version": torch.__version__,
+            "manifest.sha256": manifest_sha, "world_size": str(dist.world_size),
+            "amp": str(dtype).replace("torch.", "") if dtype else "off",
+            **{f"weights.{k}.pretrained": str(v).lower() for k, v in pretrained.items()}, **job.extra_tags}
+    tracker = (start_run(name, tags=tags, enabled=job.tracking, resume_run_id=run_id) if dist.is_main
+               else NullTracker())
+    if run_id is None:
+        tracker.log_params({"recipe": {k: v for k, v in job.recipe.items() if k != "phases"},
+                            "phase": phase, "job": {"dataset": job.dataset, "phase": job.phase, "seed": job.seed,
+                                                    "total_steps": total_steps,
+                                                    "steps_per_epoch": steps_per_epoch}})
+        tracker.log_dict(job.recipe, "config/resolved_recipe.json")
+        tracker.set_tags({f"init.{k}": v for k, v in init_info.items()})
+
+    train_model = model
+    if dist.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    # --- loop
+    progress = _Progress(total_steps, step, name, enabled=dist.is_main)
+    window: dict[str, float] = {}
+    window_n, window_t0 = 0, time.perf_counter()
+    val = {}
+    try:
+        while step < total_steps:
+            train_set.set_epoch(epoch)
+            loader = batch_io.loader(train_set, list(epoch_batches(len(train_set), phase["batch_size"], job.seed,
+                                                                   epoch, batch_in_epoch, dist.rank,
+                                                                   dist.world_size)),
+                                     phase.get("num_workers", 0))
+            for batch in loader:
+                factor = lr_factor(step)
+                for g, base in zip(optimizer.param_groups, base_lrs):
+                    g["lr"] = base * factor
+                inputs, target = batch_io.to_device(batch, model, device)
+                train_model.train()
+                with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                    pred = train_model(inputs)
+                    loss, terms = loss_fn(pred, target)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"{name}: loss is {loss.item()} at step {step}; "
+                                             f"terms {({k: float(v) for k, v in terms.items()})}")
+                optimizer.zero_grad(set_to_none=True)
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    loss.backward()
+                    optimizer.step()
+                step += 1
+                batch_in_epoch += 1
+                if batch_in_epoch == steps_per_epoch:
+                    epoch, batch_in_epoch = epoch + 1, 0
+
+                for k, v in {"loss": float(loss), **{k: float(v) for k, v in terms.items()}}.items():
+                    window[k] = window.get(k, 0.0) + v
+                window_n += 1
+                log_now = step % phase.get("log_every", 50) == 0 or step == total_steps
+                progress.update(step, total_steps, {"loss": float(loss), "lr": optimizer.param_groups[0]["lr"]},
+                                line=log_now)
+                if log_now:
+                    dt = time.perf_counter() - window_t0
+                    metrics = {f"train/{k}": v / window_n for k, v in window.items()}
+                    metrics["lr"] = optimizer.param_groups[0]["lr"]
+                    metrics["samples_per_s"] = window_n * phase["batch_size"] * dist.world_size / max(dt, 1e-9)
+                    tracker.log_metrics(metrics, step)
+                    window, window_n, window_t0 = {}, 0, time.perf_counter()
+                if step % phase.get("val_every", 1000) == 0 or step == total_steps:
+                    val = batch_io.validate(model, val_batches, device)
+                    tracker.log_metrics(val, step)
+                if dist.is_main and (step % phase.get("ckpt_every", 1000) == 0 or step == total_steps):
+                    save_training_state(last_path, model=model, optimizer=optimizer, scaler=scaler, step=step,
+                                        epoch=epoch, batch_in_epoch=batch_in_epoch, config_hash=config_hash,
+                                        mlflow_run_id=tracker.run_id, extra={"init": init_info})
+                if dist.is_main and (step % phase.get("image_every", 10**9) == 0 or step == total_steps):
+                    tracker.log_image(batch_io.sample_strip(model, val_batches, device), f"samples/step_{step:07d}.png")
+                if step >= total_steps:
+                    break
+        progress.close()
+        summary = _finish(job, model, phase, step, total_steps, val, init_info, tracker, final_path, dist)
+    except BaseException:
+        progress.close()
+        tracker.end("KILLED" if isinstance(sys.exc_info()[1], KeyboardInterrupt) else "FAILED")
+        raise
+    tracker.end("FINISHED")
+    return summary
+
+
+def _finish(job, model, phase, step, total_steps, val, init_info, tracker, final_path: Path, dist) -> dict:
+    barrier(dist)
+    summary = {"paper": job.recipe["paper"], "recipe": job.recipe_name, "dataset": job.dataset, "phase": job.phase,
+               "phase_name": phase["name"], "preset": job.recipe["preset"], "steps": step,
+               "total_steps": total_steps, "validation": val, "init": init_info,
+               "final_state_digest": state_digest(model), "mlflow_run_id": tracker.run_id}
+    if dist.is_main:
+        record = model_record(model, job.recipe["model"]["name"], job.recipe["model"].get("args", {}))
+        record.update(paper=job.recipe["paper"], recipe=job.recipe_name, dataset=job.dataset, phase=job.phase,
+                      step=step, config=json.loads(json.dumps(job.recipe, default=str)),
+                      mlflow_run_id=tracker.run_id, init=init_info, protocol=job.recipe["protocol"])
+        save_model_file(final_path, record)
+        atomic_write_json(final_path.with_name("phase.json"), summary)
+        tracker.log_artifact(final_path.with_name("phase.json"))
+        tracker.log_metrics({"final/" + k.split("/", 1)[-1]: v for k, v in val.items()}, step)
+    return summary
