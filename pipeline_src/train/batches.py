@@ -20,17 +20,16 @@ def training_set(patch_dir: Path, phase: dict, model, seed: int):
     from pipeline_src.data.patch_dataset import PatchDataset
 
     augment = phase.get("augment", {})
-    return PatchDataset(patch_dir, "train", views=list(model.input_views), crop=phase["crop"],
+    return PatchDataset(patch_dir, "train", keys=[*model.input_views, target_key(model)], crop=phase["crop"],
                         hflip=augment.get("hflip", False), vflip=augment.get("vflip", False),
-                        rot90=augment.get("rot90", False), seed=seed, with_target=target_key(model))
+                        rot90=augment.get("rot90", False), seed=seed)
 
 
 def validation_batches(patch_dir: Path, model, count: int) -> list[dict[str, torch.Tensor]]:
     """The first `count` validation patches, whole (no crop, no flips), one per batch; fixed for the phase."""
     from pipeline_src.data.patch_dataset import PatchDataset
 
-    val = PatchDataset(patch_dir, "val", views=list(model.input_views), crop=None, seed=0,
-                       with_target=target_key(model))
+    val = PatchDataset(patch_dir, "val", keys=[*model.input_views, target_key(model)], crop=None, seed=0)
     if len(val) == 0:
         raise ValueError(f"{patch_dir}: no validation patches; the val split needs at least one sample")
     return [{k: v.unsqueeze(0) for k, v in val[i].items()} for i in range(min(count, len(val)))]

@@ -17,9 +17,9 @@ rule weights:
     output:
         "data/weights/status.json",
     params:
-        names=" ".join(config["weights"]),
+        names=config["weights"],
     shell:
-        "{PY} weights {params.names} --out {output}"
+        "{PY} weights --config config/config.yaml --out {output}"
 
 
 rule index:

@@ -1,0 +1,72 @@
+"""Snakemake and DVC describe the same DAG: the same stages, each running the same command on the same
+inputs and outputs. Nothing keeps the two in step but this test."""
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def snakemake_jobs() -> dict[str, dict]:
+    r = subprocess.run([BIN / "snakemake", "-n", "-p", "--forceall", "--cores", "1", "all"], cwd=ROOT,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    jobs, cur = {}, None
+    for line in r.stdout.splitlines():
+        if m := re.match(r"^(?:local)?rule (\w+):", line):
+            cur = {"rule": m.group(1), "input": set(), "output": set()}
+        elif cur is not None and (m := re.match(r"^\s+(input|output): (.*)$", line)):
+            cur[m.group(1)] = set(m.group(2).split(", "))
+        elif cur is not None and line.startswith("Shell command: "):
+            if cur["rule"] != "all":  # the target rule runs nothing
+                jobs[line[len("Shell command: "):].strip()] = cur
+            cur = None
+    return jobs
+
+
+def dvc_stages() -> dict[str, dict]:
+    from dvc.repo import Repo
+
+    stages = {}
+    with Repo(str(ROOT)) as repo:
+        for st in repo.index.stages:
+            deps = {str(d.def_path) for d in st.deps} - {"config/config.yaml"}  # params file, not a data input
+            stages[" ".join(st.cmd.split())] = {"stage": st.addressing.split("@")[0], "input": deps,
+                                                "output": {str(o.def_path) for o in st.outs}}
+    return stages
+
+
+@pytest.fixture(scope="module")
+def graphs():
+    return snakemake_jobs(), dvc_stages()
+
+
+def test_same_commands(graphs):
+    smk, dvc = graphs
+    assert set(smk) == set(dvc), (f"only in Snakemake: {sorted(set(smk) - set(dvc))}\n"
+                                  f"only in DVC: {sorted(set(dvc) - set(smk))}")
+
+
+def test_same_stage_families_inputs_and_outputs(graphs):
+    smk, dvc = graphs
+    for cmd, job in smk.items():
+        stage = dvc[cmd]
+        assert job["rule"] == stage["stage"], cmd
+        assert job["output"] == stage["output"], cmd
+        assert job["input"] == stage["input"], cmd
+
+
+def test_every_configured_job_is_in_the_graph(graphs):
+    import yaml
+
+    cfg = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    smk, _ = graphs
+    outputs = set().union(*(j["output"] for j in smk.values()))
+    for job in cfg["train"].values():
+        assert f"data/runs/{job['recipe']}/{job['dataset']}/phase{job['phase']}/final.pt" in outputs
+    for name in cfg["datasets"]:
+        assert f"data/manifests/{name}.json" in outputs and f"data/patches/{name}" in outputs

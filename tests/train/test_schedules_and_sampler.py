@@ -1,0 +1,58 @@
+import math
+
+import numpy as np
+import pytest
+
+from pipeline_src.train.sampler import batches_per_epoch, epoch_batches
+from pipeline_src.train.schedules import build_schedule
+
+
+def test_constant():
+    f = build_schedule({"name": "constant"}, 100, 10)
+    assert [f(s) for s in (0, 50, 99)] == [1.0, 1.0, 1.0]
+
+
+def test_step_halving_every_n_epochs_converts_epochs_to_steps():
+    # ATTSF: halve every 20 epochs; 7 steps per epoch -> period 140 steps
+    f = build_schedule({"name": "step", "every_epochs": 20, "gamma": 0.5}, 10_000, 7)
+    assert f(0) == 1.0 and f(139) == 1.0 and f(140) == 0.5 and f(280) == 0.25
+
+
+def test_poly_matches_tf_polynomial_decay_power_0_3():
+    # ADNet: lr(step) = lr0 * (1 - step/max_steps) ** 0.3, ending at 0
+    f = build_schedule({"name": "poly", "power": 0.3}, 1000, 10)
+    for s in (0, 1, 250, 500, 999, 1000):
+        assert f(s) == pytest.approx((1 - s / 1000) ** 0.3)
+    assert f(2000) == 0.0  # clamped past the end
+
+
+@pytest.mark.parametrize("spec", [{"name": "step"}, {"name": "step", "every_epochs": 2, "every_steps": 3},
+                                  {"name": "poly", "powr": 2}])
+def test_bad_schedule_arguments_are_named(spec):
+    with pytest.raises(ValueError, match=spec["name"]):
+        build_schedule(spec, 100, 10)
+
+
+def test_unknown_schedule_lists_known_names():
+    with pytest.raises(KeyError, match="constant"):
+        build_schedule({"name": "cosine-ish"}, 100, 10)
+
+
+def test_epoch_order_depends_only_on_seed_and_epoch_and_resumes_mid_epoch():
+    full = list(epoch_batches(50, 4, seed=3, epoch=2))
+    resumed = list(epoch_batches(50, 4, seed=3, epoch=2, start_batch=5))
+    assert resumed == full[5:]
+    assert full != list(epoch_batches(50, 4, seed=3, epoch=3))
+    flat = [i for _, b in full for i in b]
+    assert len(flat) == len(set(flat)) == 12 * 4  # no repeats, the tail that cannot fill a batch is dropped
+
+
+def test_ranks_split_one_permutation_without_overlap():
+    r0 = [i for _, b in epoch_batches(40, 4, seed=0, epoch=0, rank=0, world_size=2) for i in b]
+    r1 = [i for _, b in epoch_batches(40, 4, seed=0, epoch=0, rank=1, world_size=2) for i in b]
+    assert len(r0) == len(r1) == 20 and not set(r0) & set(r1)
+
+
+def test_too_few_patches_for_a_batch_is_an_error_that_says_what_to_change():
+    with pytest.raises(ValueError, match="batch_size"):
+        batches_per_epoch(3, 4)
