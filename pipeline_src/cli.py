@@ -13,6 +13,7 @@ import sys
 # stage name -> (module, one-line help). Order = order of the DAG.
 STAGES: dict[str, tuple[str, str]] = {
     "fetch": ("pipeline_src.data.fetch", "download, verify and extract a registered dataset or weight file"),
+    "weights": ("pipeline_src.data.weights_stage", "fetch the configured pretrained weights; record which are present"),
     "synthesize": ("pipeline_src.data.synthetic.cli", "generate a synthetic defocus / motion / detection dataset"),
     "index": ("pipeline_src.data.manifest", "validate a dataset tree and write its manifest (JSON)"),
     "patches": ("pipeline_src.data.patches", "cut sliding-window training patches into memory-mappable arrays"),

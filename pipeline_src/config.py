@@ -16,6 +16,9 @@ from typing import Any
 import yaml
 
 PRESETS = ("smoke", "default", "paper")
+# The repository this package is installed from (editable install): schemas live in workflow/schemas/.
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SCHEMAS = REPO_ROOT / "workflow" / "schemas"
 # What a preset may change in a training phase: sizes, counts and lengths, never the recipe itself.
 PRESET_PHASE_KEYS = {"length", "batch_size", "crop", "val_every", "ckpt_every", "log_every", "val_samples",
                      "num_workers", "image_every"}
@@ -72,9 +75,8 @@ def validate_schema(data: Any, schema_path: str | os.PathLike, what: str) -> Non
 
 def load_pipeline_config(path: str | os.PathLike = "config/config.yaml", overrides: dict | None = None) -> dict:
     path = Path(path)
-    root = project_root(path.parent)
     cfg = deep_merge(load_yaml(path), overrides or {})
-    validate_schema(cfg, root / "workflow" / "schemas" / "config.schema.yaml", str(path))
+    validate_schema(cfg, SCHEMAS / "config.schema.yaml", str(path))
     check_train_chain(cfg, str(path))
     return cfg
 
@@ -113,8 +115,7 @@ def load_recipe(path: str | os.PathLike, preset: str, option: str | None = None)
     """A training recipe resolved for a preset (and a named option): the dict the phase runner executes."""
     path = Path(path)
     raw = load_yaml(path)
-    root = project_root(path.parent)
-    validate_schema(raw, root / "workflow" / "schemas" / "recipe.schema.yaml", str(path))
+    validate_schema(raw, SCHEMAS / "recipe.schema.yaml", str(path))
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     recipe = {k: v for k, v in raw.items() if k not in ("presets", "options")}

@@ -76,7 +76,9 @@ def ensure_store(root: Path | None = None) -> str:
         exp = client.get_experiment_by_name(experiment_name())
         if exp is not None:
             return exp.experiment_id
-        artifacts = (root / "mlruns").resolve().as_uri() if uri.startswith("sqlite:") else None
+        # artifacts beside the SQLite file (mlruns/), so a store and its images move together
+        artifacts = (Path(uri[len("sqlite:///"):]).parent / "mlruns").resolve().as_uri() \
+            if uri.startswith("sqlite:///") else None
         return client.create_experiment(experiment_name(), artifact_location=artifacts)
 
 

@@ -48,17 +48,23 @@ def to_device(batch: dict[str, torch.Tensor], model, device: torch.device):
     return inputs, target
 
 
-def loss_options(recipe: dict, weights_dir: Path) -> dict:
+def loss_options(recipe: dict, phase: dict, weights_dir: Path) -> dict:
     """Per-loss construction arguments the recipe implies (the perceptual loss's VGG19 weight file)."""
     opts: dict = {}
     role = recipe.get("weights", {}).get("perceptual")
-    if role is not None:
+    if role is not None and "perceptual" in phase["loss"]:
+        from pipeline_src.config import REPO_ROOT
         from pipeline_src.data.registry import load_registry
 
-        entry = load_registry().weight(role)
+        entry = load_registry(REPO_ROOT / "config" / "datasets.yaml").weight(role)
         opts["perceptual"] = {"weights_path": str(Path(weights_dir) / entry.filename),
-                              "expected_sha256": entry.sha256, "sha256_prefix": entry.sha256_prefix}
-    return {"options": opts}
+                              "expected_sha256": entry.sha256}
+    return opts
+
+
+def pretrained_flags(loss_fn) -> dict[str, bool]:
+    """Which loss terms run on pretrained weights (perceptual: VGG19 from the weights stage) — an MLflow tag."""
+    return {name: bool(m.pretrained) for name, m in loss_fn.terms.items() if hasattr(m, "pretrained")}
 
 
 @torch.no_grad()
@@ -74,11 +80,11 @@ def validate(model, batches, device) -> dict[str, float]:
         pred = model(inputs).float()
         if getattr(model, "task", "restoration") == "detection":
             pred = torch.sigmoid(pred)
-            out_psnr.append(float(psnr_torch(pred.clamp(0, 1), target)))
+            out_psnr.append(float(psnr_torch(pred.clamp(0, 1), target).mean()))
             continue
-        out_psnr.append(float(psnr_torch(pred.clamp(0, 1), target)))
-        in_psnr.append(float(psnr_torch(b[model.input_views[-1] if "c" not in model.input_views else "c"]
-                                        .to(device), target)))
+        out_psnr.append(float(psnr_torch(pred.clamp(0, 1), target).mean()))
+        blurry = b["c" if "c" in model.input_views else model.input_views[0]].to(device)
+        in_psnr.append(float(psnr_torch(blurry, target).mean()))
     model.train(was_training)
     metrics = {"val/psnr": float(np.mean(out_psnr))}
     if in_psnr:

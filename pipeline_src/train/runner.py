@@ -169,7 +169,7 @@ def _run_phase(job: PhaseJob, dist: DistInfo) -> dict[str, Any]:
 
     # --- loss, optimiser, schedule, AMP
     from pipeline_src.losses import build_loss
-    loss_fn = build_loss(phase["loss"], **batch_io.loss_options(job.recipe, job.weights_dir)).to(device)
+    loss_fn = build_loss(phase["loss"], batch_io.loss_options(job.recipe, phase, job.weights_dir)).to(device)
     optimizer = build_optimizer(phase["optimizer"], model.parameters())
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     lr_factor = build_schedule(phase["schedule"], total_steps, steps_per_epoch)
@@ -197,7 +197,7 @@ def _run_phase(job: PhaseJob, dist: DistInfo) -> dict[str, Any]:
 
     # --- tracking (rank 0 only)
     name = f"train/{job.recipe_name}/{job.dataset}/phase{job.phase}"
-    pretrained = getattr(loss_fn, "pretrained", {})
+    pretrained = batch_io.pretrained_flags(loss_fn)
     tags = {"pipeline.role": "train", "paper": job.recipe["paper"], "recipe": job.recipe_name,
             "dataset": job.dataset, "phase": str(job.phase), "phase.name": phase["name"],
             "preset": job.recipe["preset"], "device": str(device), "torch.version": torch.__version__,
@@ -227,10 +227,9 @@ def _run_phase(job: PhaseJob, dist: DistInfo) -> dict[str, Any]:
     try:
         while step < total_steps:
             train_set.set_epoch(epoch)
-            loader = batch_io.loader(train_set, list(epoch_batches(len(train_set), phase["batch_size"], job.seed,
-                                                                   epoch, batch_in_epoch, dist.rank,
-                                                                   dist.world_size)),
-                                     phase.get("num_workers", 0))
+            order = [idx for _, idx in epoch_batches(len(train_set), phase["batch_size"], job.seed, epoch,
+                                                     batch_in_epoch, dist.rank, dist.world_size)]
+            loader = batch_io.loader(train_set, order, phase.get("num_workers", 0))
             for batch in loader:
                 factor = lr_factor(step)
                 for g, base in zip(optimizer.param_groups, base_lrs):

@@ -1,0 +1,1 @@
+"""Datasets: registry, download, synthetic generator, manifests, patches, torch datasets."""
