@@ -1,0 +1,279 @@
+"""FP16 and INT8 (Q/DQ) variants of an exported model, each scored on the test split against fp32.
+
+`python -m pipeline_src quantize --onnx DIR/model.onnx --manifest M --patches data/patches/<ds>/train` writes
+    DIR/model_fp16.onnx  float16 weights and compute, float32 input and output (onnxruntime's converter)
+    DIR/model_int8.onnx  Q/DQ nodes: int8, symmetric (zero points 0, as TensorRT requires), per-channel
+                         weights, biases kept float; activation ranges calibrated on training patches
+    DIR/quality.json     per variant: test-split score, drop against fp32, fidelity to fp32, operator audit
+The precision lives in the graph itself, which is what TensorRT 11 (strongly typed) builds from.
+Scoring, written down: restoration = PSNR (RGB, output clipped to [0, 1], data range 1, whole image, no border
+crop), drop = fp32 - variant in dB; detection = MAE of sigmoid(logits) against the in-focus mask, rise =
+variant - fp32. INT8 is accepted only within `max_int8_drop_db` (`max_int8_mae_rise`); otherwise the stage
+exits 1, quality.json says why and no model_int8.onnx is left.
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline_src.export import DEFAULT_CONFIG, load_export_config
+
+PSNR_CAP_DB = 100.0  # identical images have infinite PSNR; capped so the JSON stays standard
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--onnx", required=True, help="the fp32 model.onnx written by export-onnx")
+    parser.add_argument("--manifest", required=True, help="dataset manifest; its test split scores the variants")
+    parser.add_argument("--patches", required=True,
+                        help="the train split's patch folder (<view>.npy arrays) used for INT8 calibration")
+    parser.add_argument("--out", help="output folder (default: the folder of --onnx)")
+    parser.add_argument("--config", default=DEFAULT_CONFIG, help="export settings (default: %(default)s)")
+    parser.add_argument("--max-int8-drop-db", type=float, help="largest INT8 PSNR drop accepted (default: config)")
+    parser.add_argument("--calibration-patches", type=int, help="patches for INT8 calibration (default: config)")
+    parser.add_argument("--max-test-images", type=int, help="score on the first N test images (default: config)")
+
+
+# ------------------------------------------------------------------------------------------- calibration
+def calibration_batches(patch_dir: str | os.PathLike, views, count: int, batch: int, seed: int) -> list[np.ndarray]:
+    """`count` training patches (seeded draw, views concatenated in model order) as N x C x S x S float32 batches."""
+    patch_dir = Path(patch_dir)
+    arrays = {}
+    for v in views:
+        path = patch_dir / f"{v}.npy"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no patch array for view {v!r} (the model reads views {list(views)})")
+        arrays[v] = np.load(path, mmap_mode="r")
+        if arrays[v].ndim != 4 or arrays[v].shape[-1] != 3 or arrays[v].dtype not in (np.uint8, np.uint16):
+            raise ValueError(f"{path}: expected (N, S, S, 3) uint8/uint16 patches, got {arrays[v].shape} {arrays[v].dtype}")
+    n = {v: a.shape[0] for v, a in arrays.items()}
+    if len(set(n.values())) != 1:
+        raise ValueError(f"{patch_dir}: views hold different patch counts {n}")
+    total = next(iter(n.values()))
+    if count < 1 or total < 1:
+        raise ValueError(f"{patch_dir}: need at least one calibration patch (asked {count}, have {total})")
+    picks = np.sort(np.random.default_rng(seed).choice(total, size=min(count, total), replace=False))
+    out = []
+    for start in range(0, len(picks), batch):
+        idx = picks[start:start + batch]
+        parts = [arrays[v][idx].astype(np.float32) / float(np.iinfo(arrays[v].dtype).max) for v in views]
+        out.append(np.ascontiguousarray(np.concatenate(parts, axis=3).transpose(0, 3, 1, 2)))
+    return out
+
+
+def _reader(batches: list[np.ndarray], input_name: str):
+    """An onnxruntime CalibrationDataReader over prepared batches (class built here: onnxruntime loads lazily)."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class BatchReader(CalibrationDataReader):
+        def __init__(self):
+            self._next = iter(batches)
+
+        def get_next(self):
+            x = next(self._next, None)
+            return None if x is None else {input_name: x}
+
+        def rewind(self):
+            self._next = iter(batches)
+
+    return BatchReader()
+
+
+# ------------------------------------------------------------------------------------------- conversions
+def _copy_metadata(src, dst, precision: str) -> None:
+    keep = {e.key: e.value for e in src.metadata_props}
+    keep["pipeline.precision"] = precision
+    del dst.metadata_props[:]
+    for key, value in keep.items():
+        entry = dst.metadata_props.add()
+        entry.key, entry.value = key, value
+
+
+def make_fp16(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    fp32 = onnx.load(str(src))
+    fp16 = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+    # the converter appends the input casts at the end of the node list; ONNX (and TensorRT's parser) want
+    # nodes in topological order
+    OnnxModel.graph_topological_sort(fp16.graph, is_deterministic=True)
+    _copy_metadata(fp32, fp16, "fp16")
+    onnx.checker.check_model(fp16)
+    onnx.save(fp16, str(dst))
+
+
+def make_int8(src: str | os.PathLike, dst: str | os.PathLike, batches: list[np.ndarray], qcfg: dict[str, Any],
+              input_name: str) -> None:
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    method = qcfg["calibration_method"]
+    if method not in CalibrationMethod.__members__:
+        raise ValueError(f"quantize.calibration_method {method!r}; choose one of {list(CalibrationMethod.__members__)}")
+    with tempfile.TemporaryDirectory(dir=Path(dst).parent) as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        # symbolic shape inference cannot follow the data-dependent padding amounts; ONNX's own inference can
+        quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
+        quantize_static(
+            str(prepared), str(dst), _reader(batches, input_name),
+            quant_format=QuantFormat.QDQ, per_channel=True,
+            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod[method],
+            op_types_to_quantize=list(qcfg["op_types_to_quantize"]),
+            extra_options={"WeightSymmetric": True, "ActivationSymmetric": True,
+                           # TensorRT dequantizes only int8/fp8/int4 tensors: an int32 bias would not parse
+                           "QuantizeBias": False},
+        )
+    int8 = onnx.load(str(dst))
+    _copy_metadata(onnx.load(str(src), load_external_data=False), int8, "int8")
+    onnx.checker.check_model(int8)
+    onnx.save(int8, str(dst))
+
+
+# -------------------------------------------------------------------------------------------- evaluation
+def psnr(reference: np.ndarray, test: np.ndarray) -> float:
+    """PSNR (data range 1, whole image) from the evaluation metrics, capped at PSNR_CAP_DB."""
+    from pipeline_src.evaluate.metrics import psnr as metric_psnr
+
+    return min(metric_psnr(test, reference, data_range=1.0), PSNR_CAP_DB)
+
+
+def to_prediction(output: np.ndarray, task: str) -> np.ndarray:
+    """Raw model output (1 x C x H x W) -> the image that is scored: RGB clipped, or a probability map."""
+    if task == "detection":
+        return 1.0 / (1.0 + np.exp(-output[0, 0].astype(np.float64)))
+    return np.clip(output[0].transpose(1, 2, 0), 0.0, 1.0)
+
+
+def score(prediction: np.ndarray, target: np.ndarray, task: str) -> float:
+    from pipeline_src.evaluate.metrics import mae
+
+    return mae(prediction, target) if task == "detection" else psnr(target, prediction)
+
+
+def evaluate_variants(paths: dict[str, Path], manifest: str, meta: dict[str, Any], input_name: str,
+                      limit: int | None) -> dict[str, Any]:
+    """Run every variant on the test split in ONNX Runtime (CPU); per variant and image: score, fidelity to fp32."""
+    import onnxruntime as ort
+
+    from pipeline_src.export import iter_test_inputs
+
+    task = meta["task"]
+    sessions = {name: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for name, p in paths.items()}
+    rows: dict[str, list[dict[str, Any]]] = {name: [] for name in paths}
+    for sample_id, x, target, _ in iter_test_inputs(manifest, meta["input_views"], limit=limit, task=task):
+        if target is None:
+            raise ValueError(f"{manifest}: test sample {sample_id!r} has no target to score against")
+        preds = {name: to_prediction(s.run(None, {input_name: x})[0], task) for name, s in sessions.items()}
+        for name, pred in preds.items():
+            rows[name].append({"id": sample_id, "score": score(pred, target, task),
+                               "psnr_vs_fp32_db": psnr(preds["fp32"], pred) if name != "fp32" else None})
+    return rows
+
+
+def summarise(rows: dict[str, list[dict[str, Any]]], task: str, qcfg: dict[str, Any]) -> dict[str, Any]:
+    """Mean score per variant, its loss against fp32 (drop in dB, or MAE rise), and the INT8 verdict."""
+    if task == "detection":
+        metric, better, loss_key, limit_key = "mae", "lower", "mae_rise", "max_int8_mae_rise"
+    else:
+        metric, better, loss_key, limit_key = "psnr_db", "higher", "drop_db", "max_int8_drop_db"
+    means = {name: float(np.mean([r["score"] for r in rs])) for name, rs in rows.items()}
+    out: dict[str, Any] = {"metric": metric, "better": better, "images": len(rows["fp32"]), "variants": {}}
+    for name, rs in rows.items():
+        entry: dict[str, Any] = {metric: means[name], "per_image": rs}
+        if name != "fp32":
+            entry[loss_key] = means["fp32"] - means[name] if better == "higher" else means[name] - means["fp32"]
+            entry["psnr_vs_fp32_db"] = float(np.mean([r["psnr_vs_fp32_db"] for r in rs]))
+        out["variants"][name] = entry
+    if "int8" in rows:
+        limit = float(qcfg[limit_key])
+        loss = out["variants"]["int8"][loss_key]
+        out["int8_limit"] = {limit_key: limit}
+        out["variants"]["int8"]["accepted"] = bool(math.isfinite(loss) and loss <= limit)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------- stage
+def quantize_model(onnx_path: str, manifest: str, patches: str, cfg: dict[str, Any],
+                   out: str | os.PathLike | None = None) -> dict[str, Any]:
+    """The stage's work; returns the quality report (also written to quality.json)."""
+    import onnx
+
+    from pipeline_src.export.onnx_export import onnx_metadata
+    from pipeline_src.export.op_audit import audit_model, load_op_table, require_supported
+    from pipeline_src.fileio import atomic_path, atomic_write_json
+
+    qcfg, input_name = cfg["quantize"], cfg["onnx"]["input_name"]
+    src = Path(onnx_path)
+    meta = onnx_metadata(src)
+    out = Path(out) if out else src.parent
+    out.mkdir(parents=True, exist_ok=True)
+    names = {"fp16": out / "model_fp16.onnx", "int8": out / "model_int8.onnx"}
+    for stale in (*names.values(), out / "quality.json"):
+        stale.unlink(missing_ok=True)
+    table = load_op_table(cfg["onnx"]["op_table"])
+
+    batches = calibration_batches(patches, meta["input_views"], int(qcfg["calibration_patches"]),
+                                  int(qcfg["calibration_batch"]), int(qcfg["seed"]))
+    with tempfile.TemporaryDirectory(dir=out, prefix=".quantize-") as tmp:
+        candidates = {"fp32": src, "fp16": Path(tmp) / "model_fp16.onnx", "int8": Path(tmp) / "model_int8.onnx"}
+        make_fp16(src, candidates["fp16"])
+        make_int8(src, candidates["int8"], batches, qcfg, input_name)
+        audits = {}
+        for name in ("fp16", "int8"):
+            audits[name] = audit_model(onnx.load(str(candidates[name])), table)
+            require_supported(audits[name], f"{names[name]} (made from {src})")
+        rows = evaluate_variants(candidates, manifest, meta, input_name, qcfg["max_test_images"])
+        report = summarise(rows, meta["task"], qcfg)
+        report.update({
+            "onnx": str(src), "task": meta["task"], "manifest": str(manifest),
+            "protocol": ("PSNR on RGB, output clipped to [0, 1], data range 1, whole image, no border crop"
+                         if meta["task"] != "detection" else "MAE of sigmoid(logits) against the in-focus mask"),
+            "calibration": {"patches": sum(len(b) for b in batches), "from": str(patches),
+                            "method": qcfg["calibration_method"], "seed": int(qcfg["seed"]),
+                            "op_types": list(qcfg["op_types_to_quantize"]), "activations": "int8 symmetric",
+                            "weights": "int8 symmetric per-channel", "bias": "float"},
+        })
+        for name in ("fp16", "int8"):
+            report["variants"][name]["ops"] = audits[name]["operators"]
+        report["variants"]["fp32"]["file"] = src.name
+        report["variants"]["fp16"]["file"] = names["fp16"].name
+        with atomic_path(names["fp16"]) as dst:
+            os.replace(candidates["fp16"], dst)
+        if report["variants"]["int8"]["accepted"]:
+            report["variants"]["int8"]["file"] = names["int8"].name
+            with atomic_path(names["int8"]) as dst:
+                os.replace(candidates["int8"], dst)
+        else:
+            report["variants"]["int8"]["file"] = None
+        atomic_write_json(out / "quality.json", report)
+    return report
+
+
+def run(args) -> int:
+    cfg = load_export_config(args.config)
+    for key, value in (("max_int8_drop_db", args.max_int8_drop_db), ("calibration_patches", args.calibration_patches),
+                       ("max_test_images", args.max_test_images)):
+        if value is not None:
+            cfg["quantize"][key] = value
+    report = quantize_model(args.onnx, args.manifest, args.patches, cfg, args.out)
+    metric = report["metric"]
+    for name, entry in report["variants"].items():
+        loss = {k: entry[k] for k in ("drop_db", "mae_rise") if k in entry}
+        print(f"{name}: {metric} {entry[metric]:.4f} on {report['images']} test image(s)"
+              + "".join(f", {k} {v:.4f}" for k, v in loss.items()), file=sys.stderr)
+    if not report["variants"]["int8"]["accepted"]:
+        (limit_key, limit), = report["int8_limit"].items()
+        print(f"INT8 rejected: its loss exceeds {limit_key} = {limit:g}; no model_int8.onnx was written "
+              "(the limit is quantize.max_int8_drop_db / max_int8_mae_rise in config/export.yaml, "
+              "or --max-int8-drop-db)", file=sys.stderr)
+        return 1
+    return 0

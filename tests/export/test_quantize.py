@@ -1,0 +1,139 @@
+"""quantize: FP16 keeps fp32 I/O, INT8 has symmetric per-channel Q/DQ, quality report, the INT8 gate."""
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import numpy_helper
+
+from pipeline_src.cli import main as cli_main
+from pipeline_src.export import load_export_config
+from pipeline_src.export.quantize import calibration_batches, psnr, quantize_model
+from tests.export.conftest import EXPORT_CONFIG, OP_TABLE
+
+
+def _config(**quantize):
+    cfg = load_export_config(EXPORT_CONFIG)
+    cfg["onnx"]["op_table"] = str(OP_TABLE)
+    cfg["quantize"].update({"calibration_patches": 16, "calibration_batch": 8, **quantize})
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def quantized(exported, tiny_setup, tmp_path_factory):
+    out = tmp_path_factory.mktemp("quantized")
+    report = quantize_model(str(exported / "model.onnx"), str(tiny_setup["manifest"]), str(tiny_setup["patches"]),
+                            _config(), out)
+    return out, report
+
+
+def test_fp16_variant_has_half_weights_and_float32_io(quantized):
+    out, _ = quantized
+    proto = onnx.load(str(out / "model_fp16.onnx"))
+    conv_weights = [t for t in proto.graph.initializer if t.dims and len(t.dims) == 4]
+    assert conv_weights and all(t.data_type == onnx.TensorProto.FLOAT16 for t in conv_weights)
+    assert proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert proto.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    meta = {e.key: e.value for e in proto.metadata_props}
+    assert meta["pipeline.precision"] == "fp16" and meta["pipeline.model"] == "tiny_export_restorer"
+
+
+def test_int8_variant_is_symmetric_per_channel_qdq_with_float_bias(quantized):
+    out, _ = quantized
+    proto = onnx.load(str(out / "model_int8.onnx"))
+    inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    dq = [n for n in proto.graph.node if n.op_type == "DequantizeLinear"]
+    weight_dq = [n for n in dq if inits.get(n.input[0]) is not None and inits[n.input[0]].ndim == 4]
+    assert len(weight_dq) == 3  # the three convolutions
+    for n in weight_dq:
+        assert inits[n.input[0]].dtype == np.int8
+        assert inits[n.input[1]].shape == (inits[n.input[0]].shape[0],)  # one scale per output channel
+    for n in proto.graph.node:
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2:
+            assert not inits[n.input[2]].any()  # zero points are 0: symmetric
+    assert not any("bias" in n.input[0] for n in dq)
+
+
+def test_quality_report_scores_every_variant_against_fp32(quantized, tiny_setup):
+    out, report = quantized
+    saved = json.loads((out / "quality.json").read_text())
+    assert saved["metric"] == "psnr_db" and saved["images"] == 2
+    v = saved["variants"]
+    assert set(v) == {"fp32", "fp16", "int8"}
+    assert v["fp16"]["drop_db"] == pytest.approx(v["fp32"]["psnr_db"] - v["fp16"]["psnr_db"])
+    assert abs(v["fp16"]["drop_db"]) < 0.05 and v["fp16"]["psnr_vs_fp32_db"] > 50
+    assert v["int8"]["accepted"] is True and v["int8"]["file"] == "model_int8.onnx"
+    assert v["int8"]["drop_db"] <= saved["int8_limit"]["max_int8_drop_db"]
+    assert saved["calibration"]["patches"] == 16
+    assert "DequantizeLinear" in v["int8"]["ops"]
+
+
+def test_fp32_score_is_the_psnr_of_onnx_runtime_outputs(quantized, exported, tiny_setup):
+    from pipeline_src.export import iter_test_inputs
+
+    _, report = quantized
+    session = ort.InferenceSession(str(exported / "model.onnx"))
+    ids, x, target, _ = next(iter_test_inputs(tiny_setup["manifest"], ["c"], limit=1))
+    y = np.clip(session.run(None, {"input": x})[0][0].transpose(1, 2, 0), 0, 1)
+    mse = np.mean((y.astype(np.float64) - target) ** 2)
+    assert report["variants"]["fp32"]["per_image"][0]["score"] == pytest.approx(10 * np.log10(1 / mse), abs=1e-6)
+
+
+def test_int8_beyond_the_allowed_drop_is_refused_and_not_written(exported, tiny_setup, tmp_path):
+    cfg_path = tmp_path / "export.yaml"
+    cfg_path.write_text(EXPORT_CONFIG.read_text().replace("config/tensorrt_onnx_ops.yaml", str(OP_TABLE)))
+    rc = cli_main(["quantize", "--onnx", str(exported / "model.onnx"), "--manifest", str(tiny_setup["manifest"]),
+                   "--patches", str(tiny_setup["patches"]), "--out", str(tmp_path / "q"), "--config", str(cfg_path),
+                   "--calibration-patches", "8", "--max-int8-drop-db", "-1"])
+    assert rc == 1
+    report = json.loads((tmp_path / "q" / "quality.json").read_text())
+    assert report["variants"]["int8"]["accepted"] is False and report["variants"]["int8"]["file"] is None
+    assert not (tmp_path / "q" / "model_int8.onnx").exists()
+    assert (tmp_path / "q" / "model_fp16.onnx").exists()
+    assert not list((tmp_path / "q").glob(".quantize-*"))
+
+
+def test_calibration_draws_the_configured_number_of_patches_in_model_view_order(tmp_path):
+    a = np.zeros((10, 8, 8, 3), np.uint16)
+    b = np.full((10, 8, 8, 3), 65535, np.uint16)
+    np.save(tmp_path / "l.npy", a)
+    np.save(tmp_path / "r.npy", b)
+    batches = calibration_batches(tmp_path, ["l", "r"], count=5, batch=2, seed=0)
+    assert [x.shape for x in batches] == [(2, 6, 8, 8), (2, 6, 8, 8), (1, 6, 8, 8)]
+    assert all(x[:, :3].max() == 0 and x[:, 3:].min() == 1.0 for x in batches)
+
+
+def test_calibration_refuses_a_missing_view_and_bad_arrays(tmp_path):
+    np.save(tmp_path / "c.npy", np.zeros((4, 8, 8, 3), np.float32))
+    with pytest.raises(FileNotFoundError, match="l.npy"):
+        calibration_batches(tmp_path, ["l"], 4, 2, 0)
+    with pytest.raises(ValueError, match="uint8/uint16"):
+        calibration_batches(tmp_path, ["c"], 4, 2, 0)
+
+
+def test_psnr_is_capped_for_identical_images_and_known_for_a_constant_error():
+    x = np.full((4, 4, 3), 0.5)
+    assert psnr(x, x) == 100.0
+    assert psnr(x, x + 0.1) == pytest.approx(20.0)
+
+
+def test_unknown_calibration_method_is_refused(exported, tiny_setup, tmp_path):
+    with pytest.raises(ValueError, match="calibration_method 'Best'"):
+        quantize_model(str(exported / "model.onnx"), str(tiny_setup["manifest"]), str(tiny_setup["patches"]),
+                       _config(calibration_method="Best"), tmp_path)
+
+
+def test_a_detection_model_is_scored_by_mae_against_the_mask_and_gated_by_its_rise(tmp_path):
+    from pipeline_src.export.onnx_export import export_checkpoint
+    from tests.export.conftest import make_checkpoint, make_dataset
+
+    ckpt = make_checkpoint(tmp_path / "det.pt", name="tiny_export_detector")
+    manifest, patches = make_dataset(tmp_path / "data", masks=True)
+    export_checkpoint(str(ckpt), tmp_path / "e", _config(), sizes=["32x32", "40x24"])
+    report = quantize_model(str(tmp_path / "e/model.onnx"), str(manifest), str(patches), _config(), tmp_path / "e")
+    assert report["metric"] == "mae" and report["better"] == "lower"
+    v = report["variants"]
+    assert 0 < v["fp32"]["mae"] < 1
+    assert v["int8"]["mae_rise"] == pytest.approx(v["int8"]["mae"] - v["fp32"]["mae"])
+    assert report["int8_limit"] == {"max_int8_mae_rise": 0.02} and v["int8"]["accepted"] is True
