@@ -20,10 +20,23 @@ def final_pt(job):
     return run_dir(job["recipe"], job["dataset"], job["phase"]) + "/final.pt"
 
 
+def engines_in_all():
+    """engines: on/off as configured; auto = only where TensorRT is installed and a CUDA device is visible."""
+    if config["engines"] != "auto":
+        return config["engines"] == "on"
+    import importlib.util
+    import shutil
+
+    return importlib.util.find_spec("tensorrt") is not None and shutil.which("nvidia-smi") is not None
+
+
 def all_targets():
     targets = [f"data/manifests/{d}.json" for d in config["datasets"]]
     targets += [f"data/patches/{d}" for d in config["datasets"]]
     targets += [final_pt(j) for j in config["train"].values()]
+    targets += [f"data/bundles/{name}" for name in config["export"]]
+    if engines_in_all():
+        targets += [f"data/engines/{name}/build-report-fp16.json" for name in config["export"]]
     return targets
 
 

@@ -1,0 +1,1 @@
+"""Benchmarks, each a pipeline stage: `python -m pipeline_src bench-*`."""
