@@ -12,10 +12,16 @@ configfile: "config/config.yaml"
 
 validate(config, "workflow/schemas/config.schema.yaml")
 
+# One GPU job at a time unless told otherwise (`--resources gpu=4`, or a profile such as workflow/profiles/slurm).
+# Set here because Snakemake only auto-loads profiles/default/ beside the Snakefile, not workflow/profiles/.
+if "gpu" not in workflow.global_resources:
+    workflow.register_resource("gpu", 1)
+
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/export.smk"
 
 

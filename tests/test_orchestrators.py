@@ -53,13 +53,19 @@ def test_same_commands(graphs):
                                   f"only in DVC: {sorted(set(dvc) - set(smk))}")
 
 
+def covered(inputs: set[str], deps: set[str]) -> set[str]:
+    """Snakemake lists files where DVC may name their folder (the report reads every metrics file in
+    data/metrics, a set DVC cannot enumerate): map each file onto the DVC dep that holds it."""
+    return {next((d for d in deps if i.startswith(d.rstrip("/") + "/")), i) for i in inputs}
+
+
 def test_same_stage_families_inputs_and_outputs(graphs):
     smk, dvc = graphs
     for cmd, job in smk.items():
         stage = dvc[cmd]
         assert job["rule"] == stage["stage"], cmd
         assert job["output"] == stage["output"], cmd
-        assert job["input"] == stage["input"], cmd
+        assert covered(job["input"], stage["input"]) == stage["input"], cmd
 
 
 def test_every_configured_job_is_in_the_graph(graphs):

@@ -255,11 +255,11 @@ def _run_phase(job: PhaseJob, dist: DistInfo) -> dict[str, Any]:
                 if batch_in_epoch == steps_per_epoch:
                     epoch, batch_in_epoch = epoch + 1, 0
 
-                for k, v in {"loss": float(loss), **{k: float(v) for k, v in terms.items()}}.items():
+                for k, v in {"loss": float(loss.detach()), **{k: float(v) for k, v in terms.items()}}.items():
                     window[k] = window.get(k, 0.0) + v
                 window_n += 1
                 log_now = step % phase.get("log_every", 50) == 0 or step == total_steps
-                progress.update(step, total_steps, {"loss": float(loss), "lr": optimizer.param_groups[0]["lr"]},
+                progress.update(step, total_steps, {"loss": float(loss.detach()), "lr": optimizer.param_groups[0]["lr"]},
                                 line=log_now)
                 if log_now:
                     dt = time.perf_counter() - window_t0

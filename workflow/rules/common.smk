@@ -35,6 +35,8 @@ def all_targets():
     targets += [f"data/patches/{d}" for d in config["datasets"]]
     targets += [final_pt(j) for j in config["train"].values()]
     targets += [f"data/bundles/{name}" for name in config["export"]]
+    if config["evaluate"]:
+        targets.append("data/report/results.md")
     if engines_in_all():
         targets += [f"data/engines/{name}/build-report-fp16.json" for name in config["export"]]
     return targets
