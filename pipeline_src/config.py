@@ -133,6 +133,9 @@ def load_recipe(path: str | os.PathLike, preset: str, option: str | None = None)
     if set(override) - {"phases"}:
         raise ConfigError(f"{path}: presets.{preset} may only hold `phases`, found {sorted(set(override) - {'phases'})}")
     recipe = deep_merge(recipe, override)
+    for phase, over in zip(recipe["phases"], override.get("phases", [])):
+        if "length" in over:  # a length replaces the recipe's (epochs -> iterations is allowed), never merges
+            phase["length"] = copy.deepcopy(over["length"])
     recipe["preset"] = preset
     recipe["option"] = option
     recipe["recipe_file"] = str(path)

@@ -8,9 +8,11 @@ rule synthesize:
         kind=lambda wc: config["synthesize"][wc.name]["kind"],
         preset=PRESET,
         seed=SEED,
+        workers=2,  # a fixed number, not {threads}: the command must not change with --cores (DVC runs the same)
     threads: 2
     shell:
-        "{PY} synthesize {params.kind} --preset {params.preset} --seed {params.seed} --out {output}"
+        "{PY} synthesize {params.kind} --preset {params.preset} --seed {params.seed} --workers {params.workers} "
+        "--out {output}"
 
 
 rule weights:
