@@ -47,6 +47,9 @@ class LayoutOptions:
     gopro_val_fraction: float = 0.1
     # {"train": n, "val": n, "test": n} from the registry: splits a tree without split.txt (CUHK) by count.
     split_sizes: dict[str, int] | None = None
+    # CUHK and DUT publish train and test only; training needs a val split for its periodic validation, so
+    # this fraction of the train images (at least one) becomes val when the tree itself gives none.
+    detection_val_fraction: float = 0.1
 
 
 @dataclasses.dataclass
@@ -224,7 +227,24 @@ def parse_cuhk(root: Path, options: LayoutOptions) -> LayoutScan:
         samples.append(RawSample("train", img.stem, {"c": _rel(img, root)}, mask=_rel(masks[img.stem], root)))
     rules = {"excluded": f"{len(motion)} motion-blurred images (name prefix 'motion'): not defocus blur"}
     rules.update(_assign_detection_splits(samples, root, options.split_sizes))
+    rules.update(_carve_detection_val(samples, options.detection_val_fraction, root))
     return LayoutScan(["c"], samples, rules)
+
+
+def _carve_detection_val(samples: list[RawSample], fraction: float, root: Path) -> dict:
+    """Move an evenly spread fraction of the train images to val when the tree gives no val split."""
+    if not 0.0 <= fraction < 1.0:
+        raise LayoutError(f"detection val fraction {fraction}; expected 0 <= fraction < 1")
+    train = [s for s in samples if s.split == "train"]
+    if fraction == 0.0 or any(s.split == "val" for s in samples) or not train:
+        return {}
+    if len(train) < 2:
+        raise LayoutError(f"{root}: one train image; carving a val split needs at least two (or a val fraction of 0)")
+    k = min(max(1, round(fraction * len(train))), len(train) - 1)
+    for i in even_picks(len(train), k):
+        train[i].split = "val"
+    return {"val_rule": f"no val split in the tree: {k} of the {len(train)} train images (round({fraction} x n), "
+                        "at least 1), spread evenly over the sorted names, become val"}
 
 
 def _assign_detection_splits(samples: list[RawSample], root: Path, sizes: dict[str, int] | None) -> dict:
@@ -288,7 +308,9 @@ def parse_dut(root: Path, options: LayoutOptions) -> LayoutScan:
             samples.append(RawSample(split, img.stem, {"c": _rel(img, root)}, mask=_rel(masks[img.stem], root)))
     if not samples:
         raise LayoutError(f"{root}: no DUT image folder (DUT600S_Training, DUT500S-Testing); not a DUT-layout tree")
-    return LayoutScan(["c"], samples, {"split_rule": "by folder", "folders": used})
+    rules = {"split_rule": "by folder", "folders": used}
+    rules.update(_carve_detection_val(samples, options.detection_val_fraction, root))
+    return LayoutScan(["c"], samples, rules)
 
 
 @LAYOUTS.register("dvd")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -52,6 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="GoPro blurry frames: plain averaging (blur) or gamma-corrected (blur_gamma)")
     parser.add_argument("--gopro-val-fraction", type=float, default=0.1,
                         help="fraction of GoPro train sequences carved out as val (whole sequences)")
+    parser.add_argument("--detection-val-fraction", type=float, default=0.1,
+                        help="CUHK/DUT: fraction of train images carved out as val when the tree has none")
     parser.add_argument("--workers", type=int, default=2, help="threads decoding images")
 
 
@@ -60,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
 
     facts = resolve_facts(args)
     options = LayoutOptions(gopro_blur=args.gopro_blur, gopro_val_fraction=args.gopro_val_fraction,
-                            split_sizes=facts.split_sizes)
+                            split_sizes=facts.split_sizes, detection_val_fraction=args.detection_val_fraction)
     manifest = build_manifest(args.name, args.root, facts, options, workers=args.workers)
     atomic_write_json(args.out, manifest)
     counts = ", ".join(f"{k} {v}" for k, v in manifest["splits"].items())
@@ -71,6 +74,12 @@ def run(args: argparse.Namespace) -> int:
 def resolve_facts(args: argparse.Namespace) -> DatasetFacts:
     if args.layout:
         facts = DatasetFacts(layout=args.layout)
+        generated = Path(args.root) / "meta.json"  # a synthetic set says its own conventions
+        if generated.is_file():
+            conventions = json.loads(generated.read_text()).get("conventions", {})
+            if conventions.get("mask_in_focus_value") in (0, 255):
+                facts = dataclasses.replace(facts, mask_in_focus_value=conventions["mask_in_focus_value"],
+                                            source=str(generated))
     else:
         from pipeline_src.data.registry import load_registry
 

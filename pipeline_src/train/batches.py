@@ -62,6 +62,32 @@ def loss_options(recipe: dict, phase: dict, weights_dir: Path) -> dict:
     return opts
 
 
+def load_pretrained_backbone(model, recipe: dict, weights_dir: Path) -> dict[str, str]:
+    """Load the recipe's backbone weights (MultiANet: torchvision's VGG16 file) into `model.backbone`.
+
+    Only for a phase that starts from scratch; the file is hash-checked. Missing: a loud warning, a tag,
+    and training goes on from random backbone weights (as the perceptual loss does).
+    """
+    role = recipe.get("weights", {}).get("backbone")
+    if role is None:
+        return {}
+    import warnings
+
+    from pipeline_src.config import REPO_ROOT
+    from pipeline_src.data.registry import load_registry
+    from pipeline_src.models.vgg import load_vgg_weights
+
+    entry = load_registry(REPO_ROOT / "config" / "datasets.yaml").weight(role)
+    path = Path(weights_dir) / entry.filename
+    if not path.is_file():
+        warnings.warn(f"backbone weights {path} are missing: {recipe['model']['name']} trains from a RANDOM "
+                      f"backbone. Fetch them with `python -m pipeline_src fetch {role}`.", RuntimeWarning)
+        return {"weights.backbone.pretrained": "false"}
+    sha = load_vgg_weights(model.backbone, path, expected_sha256=entry.sha256)
+    model.pretrained = True
+    return {"weights.backbone.pretrained": "true", "weights.backbone.sha256": sha}
+
+
 def pretrained_flags(loss_fn) -> dict[str, bool]:
     """Which loss terms run on pretrained weights (perceptual: VGG19 from the weights stage) — an MLflow tag."""
     return {name: bool(m.pretrained) for name, m in loss_fn.terms.items() if hasattr(m, "pretrained")}

@@ -148,6 +148,8 @@ def _run_phase(job: PhaseJob, dist: DistInfo) -> dict[str, Any]:
     model_spec = job.recipe["model"]
     model = build_model(model_spec["name"], **model_spec.get("args", {}))
     init_info: dict[str, str] = {"mode": phase["init"]}
+    backbone_tags = batch_io.load_pretrained_backbone(model, job.recipe, job.weights_dir) \
+        if phase["init"] == "scratch" else {}
     if phase["init"] == "previous":
         if job.prev_final is None:
             raise ValueError(f"phase {job.phase} ({phase['name']}) starts from the previous phase, "
@@ -203,7 +205,8 @@ def _run_phase(job: PhaseJob, dist: DistInfo) -> dict[str, Any]:
             "preset": job.recipe["preset"], "device": str(device), "torch.version": torch.__version__,
             "manifest.sha256": manifest_sha, "world_size": str(dist.world_size),
             "amp": str(dtype).replace("torch.", "") if dtype else "off",
-            **{f"weights.{k}.pretrained": str(v).lower() for k, v in pretrained.items()}, **job.extra_tags}
+            **{f"weights.{k}.pretrained": str(v).lower() for k, v in pretrained.items()}, **backbone_tags,
+            **job.extra_tags}
     tracker = (start_run(name, tags=tags, enabled=job.tracking, resume_run_id=run_id) if dist.is_main
                else NullTracker())
     if run_id is None:

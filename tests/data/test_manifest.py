@@ -249,7 +249,8 @@ def test_cuhk_inverted_masks_come_out_in_focus_is_one(tmp_path):
     m = index(tmp_path, "cuhk", root, "--layout", "cuhk", "--mask-in-focus-value", "0")
     assert m["has_mask"] and not m["has_target"]
     assert m["mask_polarity"] == "in_focus=1" and m["mask_source_in_focus_value"] == 0
-    assert m["splits"] == {"train": 2, "val": 0, "test": 2}          # motion0001 left out; split.txt
+    assert m["splits"] == {"train": 1, "val": 1, "test": 2}          # motion0001 left out; split.txt; val carved
+    assert by_id(m)["out_of_focus0003"]["split"] == "val" and "become val" in m["rules"]["val_rule"]
     assert "motion0001" not in by_id(m) and "1 motion-blurred" in m["rules"]["excluded"]
     assert by_id(m)["out_of_focus0004"]["split"] == "test" and by_id(m)["out_of_focus0001"]["split"] == "train"
     sample = load_sample(m, by_id(m)["out_of_focus0001"])
@@ -257,6 +258,25 @@ def test_cuhk_inverted_masks_come_out_in_focus_is_one(tmp_path):
     mask = sample["mask"]
     assert mask.dtype == np.uint8 and set(np.unique(mask)) == {0, 1}
     assert (mask[:, :10] == 1).all() and (mask[:, 10:] == 0).all()   # left half in focus, source value 0
+
+
+def test_detection_val_carving_can_be_switched_off_and_a_bad_fraction_is_named(tmp_path):
+    root = make_cuhk_tree(tmp_path / "cuhk", in_focus_value=0)
+    m = index(tmp_path, "cuhk", root, "--layout", "cuhk", "--mask-in-focus-value", "0",
+              "--detection-val-fraction", "0")
+    assert m["splits"] == {"train": 2, "val": 0, "test": 2} and "val_rule" not in m["rules"]
+    with pytest.raises(LayoutError, match="val fraction 1.5"):
+        index(tmp_path, "cuhk2", root, "--layout", "cuhk", "--mask-in-focus-value", "0",
+              "--detection-val-fraction", "1.5")
+
+
+def test_synthetic_detection_set_states_its_own_mask_polarity(tmp_path):
+    root = make_cuhk_tree(tmp_path / "synth", in_focus_value=255)
+    (root / "meta.json").write_text(json.dumps({"conventions": {"mask_in_focus_value": 255}}))
+    m = index(tmp_path, "synth", root, "--layout", "cuhk")   # no --mask-in-focus-value needed
+    assert m["mask_source_in_focus_value"] == 255
+    mask = load_sample(m, by_id(m)["out_of_focus0001"])["mask"]
+    assert (mask[:, :10] == 1).all() and (mask[:, 10:] == 0).all()
 
 
 def test_cuhk_needs_the_mask_polarity(tmp_path):
@@ -298,7 +318,7 @@ def test_dut_folders_with_mixed_separators(tmp_path):
             put(root / folder / f"{n}.jpg", image(14, 18, len(n)))
             put(root / gt_folder / f"{n}.png", make_detection_mask(14, 18, 255))
     m = index(tmp_path, "dut", root, "--layout", "dut", "--mask-in-focus-value", "255")
-    assert m["splits"] == {"train": 2, "val": 0, "test": 1}
+    assert m["splits"] == {"train": 1, "val": 1, "test": 1}   # val carved from the 600-image train folder
     assert by_id(m)["1"] == {**by_id(m)["1"], "inputs": {"c": "DUT500S-Testing/1.jpg"},
                              "mask": "DUT500GT-Testing/1.png", "split": "test"}
     mask = load_sample(m, by_id(m)["0001"])["mask"]

@@ -8,7 +8,6 @@ presets and options are the recipe's own; only the model's widths differ.
 import inspect
 import json
 import os
-import warnings
 from pathlib import Path
 
 import jsonschema
@@ -230,23 +229,10 @@ def motion_data(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def detection_data(tmp_path_factory):
-    """Synthetic CUHK-layout detection set. CUHK (real and synthetic) has train and test only, and the phase runner
-    needs val patches; until the index stage carves a val split for detection sets, one train image is moved to
-    val in a copy of the manifest here (announced as a warning)."""
-    base = tmp_path_factory.mktemp("detection")
-    data = make_patches(base, "detection", "cuhk", "--mask-in-focus-value", "255")
-    manifest = json.loads(data["manifest"].read_text())
-    if manifest["splits"]["val"] == 0:
-        warnings.warn(f"{data['manifest']}: no val split (the cuhk layout makes none); the MultiANet smoke run uses a "
-                      "copy with one train image moved to val")
-        train = [s for s in manifest["samples"] if s["split"] == "train"]
-        train[-1]["split"] = "val"
-        manifest["splits"].update(train=len(train) - 1, val=1)
-        carved = base / "manifest_with_val.json"
-        carved.write_text(json.dumps(manifest, indent=1))
-        patches = base / "patches_with_val"
-        cli("patches", "--manifest", carved, "--out", patches, "--preset", "smoke", env=CHILD_ENV)
-        data = {"manifest": carved, "patches": patches}
+    """Synthetic CUHK-layout detection set; the index stage carves its val split from train (CUHK has none),
+    and the synthetic set's meta.json gives the mask polarity."""
+    data = make_patches(tmp_path_factory.mktemp("detection"), "detection", "cuhk")
+    assert json.loads(data["manifest"].read_text())["splits"]["val"] >= 1
     return data
 
 
