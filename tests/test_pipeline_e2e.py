@@ -68,6 +68,13 @@ def test_snakemake_smoke_builds_the_dag_and_a_second_call_has_nothing_to_do(tmp_
     again = run([str(BIN / "snakemake"), "--cores", "8", "all", "--config", "preset=smoke"], ws)
     assert "Nothing to be done" in again.stdout + again.stderr
 
+    # DVC records what Snakemake built, without recomputing anything (same preset, so the same commands)
+    cfg = ws / "config/config.yaml"
+    cfg.write_text(cfg.read_text().replace("preset: default", "preset: smoke"))
+    run([str(BIN / "dvc"), "commit", "-f"], ws)
+    assert "up to date" in run([str(BIN / "dvc"), "status"], ws).stdout
+    assert "kpac-synth-defocus" in run([str(BIN / "dvc"), "metrics", "show"], ws).stdout
+
     # MLflow: one parent run for the invocation; each training phase is a run nested under it
     from mlflow.tracking import MlflowClient
 

@@ -11,7 +11,9 @@ test images (crops that fit the profile, padded to the size multiple) next to ON
 a PSNR below `min_psnr_vs_onnxruntime_db[precision]` removes the engine and fails the stage.
 
 Where tensorrt or a CUDA device is missing, the stage says plainly that no engine was built and why, writes
-the report saying so, writes no engine, and exits 0: the orchestrators decide whether engines are wanted.
+the report saying so and no engine. `--when` carries config/config.yaml's `engines` setting, so Snakemake and DVC
+run the same command: `auto` (default) exits 0 then, `on` fails (engines were demanded), `off` builds nothing
+and reports that the config switched engines off.
 `tensorrt` is imported only inside the build (trt_builder.py).
 """
 from __future__ import annotations
@@ -27,6 +29,9 @@ from pipeline_src.export import DEFAULT_CONFIG, load_export_config, parse_size
 def add_arguments(parser) -> None:
     parser.add_argument("--onnx", required=True, help="an ONNX variant: model.onnx, model_fp16.onnx, model_int8.onnx")
     parser.add_argument("--out-dir", required=True, help="engine folder, e.g. data/engines/kpac-dpdd")
+    parser.add_argument("--when", choices=("auto", "on", "off"), default="auto",
+                        help="auto: build where TensorRT and CUDA exist, else report why; on: fail without them; "
+                             "off: build nothing (config `engines`)")
     parser.add_argument("--manifest", help="dataset manifest: the engine is checked on its test images "
                                            "(default: seeded noise)")
     parser.add_argument("--config", default=DEFAULT_CONFIG, help="export settings (default: %(default)s)")
@@ -140,11 +145,21 @@ def build_engine_stage(onnx_path: str, out_dir: str | os.PathLike, cfg: dict[str
 
 def run(args) -> int:
     cfg = load_export_config(args.config)
+    if args.when == "off":
+        from pipeline_src.fileio import atomic_write_json
+
+        precision = detect_precision(args.onnx)
+        reason = "engines are switched off in config/config.yaml (engines: off)"
+        atomic_write_json(Path(args.out_dir) / f"build-report-{precision}.json",
+                          {"onnx": str(args.onnx), "precision": precision, "built": False, "engine": None,
+                           "reason": reason})
+        print(f"No TensorRT engine was built for {args.onnx}: {reason}", file=sys.stderr)
+        return 0
     report = build_engine_stage(args.onnx, args.out_dir, cfg, manifest=args.manifest,
                                 timing_cache_dir=args.timing_cache_dir)
     if not report["built"]:
         print(f"No TensorRT engine was built for {args.onnx}: {report['reason']}", file=sys.stderr)
-        return 0
+        return 1 if args.when == "on" else 0
     check = report["check"]
     print(f"{report['engine']}: TensorRT {report['tensorrt']}, sm {report['compute_capability']}, "
           f"{report['precision']}; vs ONNX Runtime worst PSNR {check['worst_psnr_db']:.2f} dB "

@@ -136,6 +136,22 @@ def test_without_tensorrt_or_cuda_the_stage_says_so_writes_the_report_and_no_eng
     assert not list((tmp_path / "eng").glob("*.plan")) and not (tmp_path / "cache").exists()
 
 
+def test_engines_demanded_without_tensorrt_fail_and_switched_off_build_nothing(variants, tmp_path, capsys):
+    reason = _tensorrt_state()
+    if reason is None:
+        pytest.skip("TensorRT and a CUDA device are present here: `--when on` would build for real")
+    cfg_path = tmp_path / "export.yaml"
+    cfg_path.write_text(EXPORT_CONFIG.read_text().replace("config/tensorrt_onnx_ops.yaml", str(OP_TABLE)))
+    args = ["build-engine", "--onnx", str(variants / "model_fp16.onnx"), "--config", str(cfg_path),
+            "--timing-cache-dir", str(tmp_path / "cache")]
+    assert cli_main([*args, "--out-dir", str(tmp_path / "on"), "--when", "on"]) == 1
+    assert json.loads((tmp_path / "on" / "build-report-fp16.json").read_text())["built"] is False
+    assert cli_main([*args, "--out-dir", str(tmp_path / "off"), "--when", "off"]) == 0
+    report = json.loads((tmp_path / "off" / "build-report-fp16.json").read_text())
+    assert report["built"] is False and "engines: off" in report["reason"]
+    assert not list(tmp_path.rglob("*.plan"))
+
+
 # ------------------------------------------------------------------------------------------ real builds
 def _require_engine_build():
     pytest.importorskip("tensorrt", reason="tensorrt is not installed (GPU hosts: pip install .[trt])")

@@ -20,16 +20,6 @@ def final_pt(job):
     return run_dir(job["recipe"], job["dataset"], job["phase"]) + "/final.pt"
 
 
-def engines_in_all():
-    """engines: on/off as configured; auto = only where TensorRT is installed and a CUDA device is visible."""
-    if config["engines"] != "auto":
-        return config["engines"] == "on"
-    import importlib.util
-    import shutil
-
-    return importlib.util.find_spec("tensorrt") is not None and shutil.which("nvidia-smi") is not None
-
-
 def all_targets():
     targets = [f"data/manifests/{d}.json" for d in config["datasets"]]
     targets += [f"data/patches/{d}" for d in config["datasets"]]
@@ -37,8 +27,7 @@ def all_targets():
     targets += [f"data/bundles/{name}" for name in config["export"]]
     if config["evaluate"]:
         targets.append("data/report/results.md")
-    if engines_in_all():
-        targets += [f"data/engines/{name}/build-report-fp16.json" for name in config["export"]]
+    targets += [f"data/engines/{name}/build-report-fp16.json" for name in config["export"]]
     return targets
 
 

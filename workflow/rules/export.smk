@@ -40,7 +40,8 @@ rule quantize:
         "{PY} quantize --onnx {input.onnx} --manifest {input.manifest} --patches {params.train_patches}"
 
 
-# The report is always written; the engine file only where TensorRT and CUDA are present (no fake engine).
+# Always in the DAG, so Snakemake and DVC hold the same jobs: the report is always written; the engine only
+# where TensorRT and CUDA are present (engines: auto), demanded with engines: on, never with engines: off.
 rule build_engine:
     input:
         onnx="data/export/{name}/model_{precision}.onnx",
@@ -49,12 +50,14 @@ rule build_engine:
         "data/engines/{name}/build-report-{precision}.json",
     params:
         out="data/engines/{name}",
+        when=config["engines"],
     wildcard_constraints:
         precision="fp16|int8",
     resources:
         gpu=1,
     shell:
-        "{PY} build-engine --onnx {input.onnx} --out-dir {params.out} --manifest {input.manifest}"
+        "{PY} build-engine --onnx {input.onnx} --out-dir {params.out} --manifest {input.manifest} "
+        "--when {params.when}"
 
 
 rule bundle:
