@@ -139,7 +139,7 @@ def test_infer_refuses_a_wrong_number_of_views(bundle, tmp_path):
 def test_device_build_without_tensorrt_says_so_and_writes_no_engine(bundle, tmp_path):
     pytest.importorskip("onnx")  # always present; the point is the absence of tensorrt below
     if shutil.which("trtexec"):
-        pytest.skip("trtexec is installed here, so the bundle would build for real")
+        pytest.skip(reason="trtexec (TensorRT) is installed here, so the bundle would build for real")
     try:
         import tensorrt  # noqa: F401
         pytest.skip("tensorrt is installed here, so the bundle would build for real")
