@@ -45,7 +45,6 @@ from pathlib import Path
 ARMS = ("runner_bare", "plain", "runner_configured")
 INTERVAL_KEYS = ("log_every", "val_every", "ckpt_every", "image_every")
 # What the runner uses when a phase omits an interval (the `phase.get(key, default)` calls in runner.py).
-RUNNER_DEFAULT_INTERVALS = {"log_every": 50, "val_every": 1000, "ckpt_every": 1000, "image_every": 10**9}
 EVENT_NAMES = {"log_every": "log_lines", "val_every": "validations", "ckpt_every": "checkpoints",
                "image_every": "sample_images"}
 
@@ -151,7 +150,9 @@ def benchmark_recipe(recipe: dict, phase: int, total_steps: int, batch_size: int
 
 
 def effective_intervals(phase: dict) -> dict[str, int]:
-    return {key: int(phase.get(key, RUNNER_DEFAULT_INTERVALS[key])) for key in INTERVAL_KEYS}
+    from pipeline_src.train.runner import INTERVAL_DEFAULTS
+
+    return {key: int(phase.get(key, INTERVAL_DEFAULTS[key])) for key in INTERVAL_KEYS}
 
 
 def events_in_window(intervals: dict[str, int], warmup: int, steps: int) -> dict[str, int]:
@@ -216,11 +217,11 @@ def run_plain(recipe: dict, phase: int, patches: Path, seed: int, device, weight
     from pipeline_src.models import build_model
     from pipeline_src.train.batches import loss_options, target_key
     from pipeline_src.train.optim import build_optimizer
-    from pipeline_src.train.runner import amp_dtype, seed_everything
+    from pipeline_src.train.runner import amp_dtype, model_seed, seed_everything
 
     p = recipe["phases"][phase - 1]
     total_steps = p["length"]["iterations"]
-    seed_everything(seed * 1000 + phase)   # the runner's model seed: identical initial weights
+    seed_everything(model_seed(seed, phase))   # the runner's model seed: identical initial weights
     model = build_model(recipe["model"]["name"], **recipe["model"].get("args", {})).to(device)
     cuda = device.type == "cuda"
     if cuda and p.get("channels_last", True):

@@ -39,6 +39,14 @@ from pipeline_src.train.schedules import build_schedule
 
 log = logging.getLogger("pipeline_src.train")
 
+# A phase's periodic work when the recipe does not say (steps between log lines, validations, checkpoints, images).
+INTERVAL_DEFAULTS = {"log_every": 50, "val_every": 1000, "ckpt_every": 1000, "image_every": 10**9}
+
+
+def model_seed(seed: int, phase: int) -> int:
+    """The seed the model is built under: same (seed, phase) -> same initial weights."""
+    return seed * 1000 + phase
+
 
 @dataclass
 class PhaseJob:
@@ -144,7 +152,7 @@ def _run_phase(job: PhaseJob, dist: DistInfo) -> dict[str, Any]:
     config_hash = _config_hash(job, manifest_sha)
 
     # --- model: same seed -> same initial weights; phase k>1 starts from phase k-1's final weights
-    seed_everything(job.seed * 1000 + job.phase)
+    seed_everything(model_seed(job.seed, job.phase))
     model_spec = job.recipe["model"]
     model = build_model(model_spec["name"], **model_spec.get("args", {}))
     init_info: dict[str, str] = {"mode": phase["init"]}
@@ -223,6 +231,7 @@ def _run_phase(job: PhaseJob, dist: DistInfo) -> dict[str, Any]:
         train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     # --- loop
+    every = {k: int(phase.get(k, v)) for k, v in INTERVAL_DEFAULTS.items()}
     progress = _Progress(total_steps, step, name, enabled=dist.is_main)
     window: dict[str, float] = {}
     window_n, window_t0 = 0, time.perf_counter()
@@ -261,7 +270,7 @@ def _run_phase(job: PhaseJob, dist: DistInfo) -> dict[str, Any]:
                 for k, v in {"loss": float(loss.detach()), **{k: float(v) for k, v in terms.items()}}.items():
                     window[k] = window.get(k, 0.0) + v
                 window_n += 1
-                log_now = step % phase.get("log_every", 50) == 0 or step == total_steps
+                log_now = step % every["log_every"] == 0 or step == total_steps
                 progress.update(step, total_steps, {"loss": float(loss.detach()), "lr": optimizer.param_groups[0]["lr"]},
                                 line=log_now)
                 if log_now:
@@ -271,14 +280,14 @@ def _run_phase(job: PhaseJob, dist: DistInfo) -> dict[str, Any]:
                     metrics["samples_per_s"] = window_n * phase["batch_size"] * dist.world_size / max(dt, 1e-9)
                     tracker.log_metrics(metrics, step)
                     window, window_n, window_t0 = {}, 0, time.perf_counter()
-                if step % phase.get("val_every", 1000) == 0 or step == total_steps:
+                if step % every["val_every"] == 0 or step == total_steps:
                     val = batch_io.validate(model, val_batches, device)
                     tracker.log_metrics(val, step)
-                if dist.is_main and (step % phase.get("ckpt_every", 1000) == 0 or step == total_steps):
+                if dist.is_main and (step % every["ckpt_every"] == 0 or step == total_steps):
                     save_training_state(last_path, model=model, optimizer=optimizer, scaler=scaler, step=step,
                                         epoch=epoch, batch_in_epoch=batch_in_epoch, config_hash=config_hash,
                                         mlflow_run_id=tracker.run_id, extra={"init": init_info})
-                if dist.is_main and (step % phase.get("image_every", 10**9) == 0 or step == total_steps):
+                if dist.is_main and (step % every["image_every"] == 0 or step == total_steps):
                     tracker.log_image(batch_io.sample_strip(model, val_batches, device), f"samples/step_{step:07d}.png")
                 if step >= total_steps:
                     break
