@@ -36,6 +36,14 @@ def tracking_enabled(config_flag: bool = True) -> bool:
     return config_flag and os.environ.get("PIPELINE_TRACKING", "1").lower() not in ("0", "false", "off", "no")
 
 
+def config_tracking_flag(root: Path | None = None) -> bool:
+    """config/config.yaml's `tracking:` (true where there is no project config, e.g. a lone checkpoint)."""
+    import yaml
+
+    config = (root or project_root()) / "config" / "config.yaml"
+    return bool(yaml.safe_load(config.read_text()).get("tracking", True)) if config.is_file() else True
+
+
 def tracking_uri(root: Path | None = None) -> str:
     uri = os.environ.get("MLFLOW_TRACKING_URI")
     if uri:

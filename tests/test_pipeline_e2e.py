@@ -103,3 +103,7 @@ def test_dvc_repro_runs_the_same_stages_with_the_preset_set_for_dvc(tmp_path):
     status = run([str(BIN / "dvc"), "status"], ws)
     assert "up to date" in status.stdout
     assert "preset: smoke" in (ws / "config/config.yaml").read_text()
+    metrics = run([str(BIN / "dvc"), "metrics", "show"], ws).stdout
+    assert "data/metrics/kpac-synth-defocus.json" in metrics and "model.psnr" in metrics
+    run([str(BIN / "dvc"), "plots", "show", "-o", "plots-html"], ws)
+    assert (ws / "plots-html" / "index.html").stat().st_size > 1000

@@ -344,11 +344,9 @@ def _side_by_side(blurry, pred, target):
 
 # ------------------------------------------------------------------------------------------- tracking
 def _start_tracking(args, meta: dict):
-    from pipeline_src.config import load_yaml, project_root
-    from pipeline_src.tracking import start_run
+    from pipeline_src.tracking import config_tracking_flag, start_run
 
-    config = project_root() / "config" / "config.yaml"
-    flag = bool(load_yaml(config).get("tracking", True)) if config.is_file() else True
+    flag = config_tracking_flag()
     tags = {"pipeline.role": "evaluate", "protocol": meta["protocol_name"], "paper": str(meta["paper"]),
             "recipe": str(meta["recipe"]), "dataset": meta["dataset"], "split": meta["split"],
             "preset": str(meta["preset"]), "training_run_id": str(meta["training_run_id"]),

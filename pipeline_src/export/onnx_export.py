@@ -33,6 +33,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--sizes", nargs="+", metavar="WxH",
                         help="parity sizes, WIDTHxHEIGHT; at least two, one not the export size "
                              "(default: config onnx.parity.check_sizes)")
+    parser.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
     parser.add_argument("--atol", type=float, help="fp32 max absolute difference allowed (default: config)")
 
 
@@ -200,11 +201,27 @@ def export_checkpoint(checkpoint: str, out: str | os.PathLike, cfg: dict[str, An
     return {"onnx": str(final), "parity": parity, "ops": ops}
 
 
+def _log_to_mlflow(args, result: dict) -> None:
+    from pipeline_src.export.tracking import log_export_step
+    from pipeline_src.fileio import sha256_file
+
+    out = Path(args.out)
+    parity = result["parity"]
+    metrics = {"parity/max_abs_diff": parity["max_abs_diff"], "operator_types": len(result["ops"]["operators"])}
+    metrics.update({f"parity/max_abs_diff_{r['size']}": r["max_abs_diff"] for r in parity["sizes"]})
+    log_export_step(f"export-onnx {out.name}", enabled=not args.no_tracking, metrics=metrics,
+                    tags={"stage": "export-onnx", "checkpoint": str(args.checkpoint),
+                          "checkpoint.sha256": sha256_file(args.checkpoint), "opset": str(parity["opset"]),
+                          "onnx.sha256": sha256_file(result["onnx"])},
+                    artifacts=[Path(result["onnx"]), out / "parity.json", out / "ops.json"])
+
+
 def run(args) -> int:
     cfg = load_export_config(args.config)
     result = export_checkpoint(args.checkpoint, args.out, cfg, manifest=args.manifest, opset=args.opset,
                                sizes=args.sizes, atol=args.atol)
     parity = result["parity"]
+    _log_to_mlflow(args, result)
     print(f"{result['onnx']}: opset {parity['opset']}, {len(result['ops']['operators'])} operator types, all in "
           f"the TensorRT {result['ops']['tensorrt']} parser's list; parity max |diff| {parity['max_abs_diff']:.2e} "
           f"<= {parity['atol']:g} at {', '.join(r['size'] for r in parity['sizes'])}", file=sys.stderr)

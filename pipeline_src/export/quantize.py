@@ -33,6 +33,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--patches", required=True,
                         help="the train split's patch folder (<view>.npy arrays) used for INT8 calibration")
     parser.add_argument("--out", help="output folder (default: the folder of --onnx)")
+    parser.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
     parser.add_argument("--config", default=DEFAULT_CONFIG, help="export settings (default: %(default)s)")
     parser.add_argument("--max-int8-drop-db", type=float, help="largest INT8 PSNR drop accepted (default: config)")
     parser.add_argument("--calibration-patches", type=int, help="patches for INT8 calibration (default: config)")
@@ -258,6 +259,25 @@ def quantize_model(onnx_path: str, manifest: str, patches: str, cfg: dict[str, A
     return report
 
 
+def _log_to_mlflow(args, report: dict) -> None:
+    from pipeline_src.export.tracking import log_export_step
+    from pipeline_src.fileio import sha256_file
+
+    out = Path(args.out or Path(args.onnx).parent)
+    metric = report["metric"]
+    metrics = {}
+    for name, entry in report["variants"].items():
+        metrics[f"{name}/{metric}"] = entry[metric]
+        metrics.update({f"{name}/{k}": entry[k] for k in ("drop_db", "mae_rise") if k in entry})
+        if "accepted" in entry:
+            metrics[f"{name}/accepted"] = float(entry["accepted"])
+    files = [out / entry["file"] for entry in report["variants"].values() if entry.get("file") and entry["file"] != "model.onnx"]
+    log_export_step(f"quantize {out.name}", enabled=not args.no_tracking, metrics=metrics,
+                    tags={"stage": "quantize", "onnx.sha256": sha256_file(args.onnx),
+                          "int8.accepted": str(report["variants"]["int8"]["accepted"]).lower()},
+                    artifacts=[out / "quality.json", *files])
+
+
 def run(args) -> int:
     cfg = load_export_config(args.config)
     for key, value in (("max_int8_drop_db", args.max_int8_drop_db), ("calibration_patches", args.calibration_patches),
@@ -265,6 +285,7 @@ def run(args) -> int:
         if value is not None:
             cfg["quantize"][key] = value
     report = quantize_model(args.onnx, args.manifest, args.patches, cfg, args.out)
+    _log_to_mlflow(args, report)
     metric = report["metric"]
     for name, entry in report["variants"].items():
         loss = {k: entry[k] for k in ("drop_db", "mae_rise") if k in entry}

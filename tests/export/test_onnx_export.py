@@ -104,3 +104,22 @@ def test_missing_checkpoint_names_the_file(tmp_path):
     cfg = load_export_config(EXPORT_CONFIG)
     with pytest.raises(FileNotFoundError, match="nope.pt"):
         export_checkpoint(str(tmp_path / "nope.pt"), tmp_path / "out", cfg)
+
+
+def test_export_is_logged_as_an_mlflow_run_with_its_reports_and_the_onnx(tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("PIPELINE_TRACKING", "1")
+    monkeypatch.setenv("PIPELINE_MLFLOW_EXPERIMENT", "export-test")
+    ckpt = make_checkpoint(tmp_path / "m.pt")
+    cfg_path = tmp_path / "export.yaml"
+    cfg_path.write_text(EXPORT_CONFIG.read_text().replace("config/tensorrt_onnx_ops.yaml", str(OP_TABLE)))
+    assert cli_main(["export-onnx", "--checkpoint", str(ckpt), "--out", str(tmp_path / "out"),
+                     "--config", str(cfg_path), "--sizes", "32x32", "37x21"]) == 0
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("export-test").experiment_id])
+    assert run.data.tags["pipeline.role"] == "export" and run.data.tags["stage"] == "export-onnx"
+    assert run.data.metrics["parity/max_abs_diff"] <= 1e-4
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"model.onnx", "parity.json", "ops.json"}
