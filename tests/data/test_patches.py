@@ -130,7 +130,7 @@ def test_detection_patches_have_in_focus_masks_and_skip_the_discard(tmp_path):
     assert mask.dtype == np.uint8 and mask.shape[1:] == (8, 8) and set(np.unique(mask)) == {0, 1}
     first = meta["splits"]["train"]["windows"][0]
     assert first[1:] == [0, 0] and (mask[0] == 1).all()          # left half of a CUHK mask is in focus
-    assert np.load(out / "val" / "c.npy").shape == (0, 8, 8, 3)   # no val split: empty arrays
+    assert np.load(out / "val" / "c.npy").shape[0] > 0          # val carved from train by the index stage
 
 
 def test_image_smaller_than_the_patch_is_named_and_nothing_is_left(tmp_path):
