@@ -193,10 +193,10 @@ def start_run(name: str, *, tags: dict[str, str], enabled: bool = True, resume_r
 
 # ------------------------------------------------------------------------------------------ the stage
 def add_arguments(parser) -> None:
-    parser.add_argument("--run", nargs="...", metavar="CMD",
-                        help="create a parent run, run CMD (e.g. `dvc repro`) with PIPELINE_PARENT_RUN_ID set so "
-                             "every stage's run nests under it, then close the parent with CMD's status")
-    parser.add_argument("--name", default="pipeline", help="name of the parent run (with --run)")
+    parser.add_argument("--name", default="pipeline", help="name of the parent run (with a command)")
+    parser.add_argument("command", nargs="*", metavar="-- CMD",
+                        help="optional: create a parent run, run CMD (e.g. `-- dvc repro`) with PIPELINE_PARENT_RUN_ID "
+                             "set so every stage's run nests under it, then close the parent with CMD's status")
 
 
 def start_parent(name: str, root: Path | None = None) -> str:
@@ -217,14 +217,14 @@ def end_parent(run_id: str, ok: bool, root: Path | None = None) -> None:
 
 
 def run(args) -> int:
-    if not tracking_enabled():
-        print("tracking is off (PIPELINE_TRACKING=0): no MLflow store touched")
-        return subprocess.call(args.run[1:] if args.run and args.run[0] == "--" else args.run) if args.run else 0
+    cmd = list(args.command)
+    if not tracking_enabled(config_tracking_flag()):
+        print("tracking is off (config `tracking: false` or PIPELINE_TRACKING=0): no MLflow store touched")
+        return subprocess.call(cmd) if cmd else 0
     exp_id = ensure_store()
     print(f"MLflow store {tracking_uri()} ready, experiment {experiment_name()!r} (id {exp_id})")
-    if not args.run:
+    if not cmd:
         return 0
-    cmd = args.run[1:] if args.run[0] == "--" else args.run
     parent = start_parent(args.name)
     print(f"parent run {parent}: {' '.join(cmd)}", file=sys.stderr)
     rc = subprocess.call(cmd, env={**os.environ, PARENT_ENV: parent})
