@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from pipeline_src.data.synthetic import GENERATOR_VERSION, sources
@@ -38,8 +39,11 @@ def generate_dataset(kind: str, spec: KindSpec, physics: Physics, seed: int, out
                 results = [run_task(job) for job in jobs]
         else:
             # spawn, not fork: a forked child would inherit OpenCV's and OpenMP's thread pools half set up.
-            with multiprocessing.get_context("spawn").Pool(n_workers, initializer=_init_worker) as pool:
-                results = pool.map(run_task, jobs, chunksize=1)
+            # An executor, not multiprocessing.Pool: a worker that dies (or whose initializer fails) raises
+            # BrokenProcessPool here instead of being respawned for ever.
+            with ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context("spawn"),
+                                     initializer=_init_worker) as pool:
+                results = list(pool.map(run_task, jobs, chunksize=1))
         records = [record for task_records in results for record in task_records]
         conventions = writer.finish(tmp, spec, physics, records)
         meta = build_meta(kind, spec, physics, seed, preset, conventions, records)
