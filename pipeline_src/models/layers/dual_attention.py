@@ -14,19 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-
-class ChannelAttention(nn.Module):
-    """Squeeze-excitation gate: global average pool, 1x1 bottleneck, sigmoid; multiplies its input."""
-
-    def __init__(self, channels: int, hidden: int):
-        super().__init__()
-        self.squeeze = nn.Conv2d(channels, hidden, 1)
-        self.excite = nn.Conv2d(hidden, channels, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = x.mean(dim=(2, 3), keepdim=True)
-        w = torch.sigmoid(self.excite(torch.relu(self.squeeze(w))))
-        return x * w
+from pipeline_src.models.layers.squeeze_excite import SqueezeExcite
 
 
 class PixelAttention(nn.Module):
@@ -55,10 +43,10 @@ class DualAttention(nn.Module):
             nn.ReLU(inplace=True),
             nn.Conv2d(channels, channels, 3, padding=1),
         )
-        self.channel_attention = ChannelAttention(channels, self.hidden)
+        self.channel_attention = SqueezeExcite(channels, self.hidden)
         self.pixel_attention = PixelAttention()
         self.fuse = nn.Conv2d(2 * channels, channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         m = self.features(x)
-        return x + self.fuse(torch.cat([self.channel_attention(m), self.pixel_attention(m)], dim=1))
+        return x + self.fuse(torch.cat([m * self.channel_attention(m), self.pixel_attention(m)], dim=1))

@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from pipeline_src.models.layers.squeeze_excite import SqueezeExcite
+
 ATTENTION_ORDERS = ("parallel", "serial")
 
 
@@ -28,19 +30,6 @@ class SpatialAttentionMap(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.fc2(torch.relu(self.fc1(x))))
-
-
-class ChannelAttentionMap(nn.Module):
-    """Squeeze-excitation: global average pool, bottleneck MLP, sigmoid; returns the per-channel weights."""
-
-    def __init__(self, channels: int, hidden: int):
-        super().__init__()
-        self.fc1 = nn.Conv2d(channels, hidden, 1)
-        self.fc2 = nn.Conv2d(hidden, channels, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q = x.mean(dim=(2, 3), keepdim=True)
-        return torch.sigmoid(self.fc2(torch.relu(self.fc1(q))))
 
 
 class ResidualAttentionBlock(nn.Module):
@@ -63,7 +52,7 @@ class ResidualAttentionBlock(nn.Module):
             nn.Conv2d(channels, channels, kernel_size, padding=pad),
         )
         self.spatial = SpatialAttentionMap(channels, hidden)
-        self.channel = ChannelAttentionMap(channels, hidden)
+        self.channel = SqueezeExcite(channels, hidden)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.body(x)
