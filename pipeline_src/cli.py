@@ -3,12 +3,21 @@
 Snakemake rules and DVC stages call exactly these commands with explicit input and output paths. Each stage
 module exposes `add_arguments(parser)` and `run(args) -> int | None` and imports its heavy dependencies
 (torch, mlflow, onnx) inside `run`, so that `--help` and the Snakefile's parse stay fast.
+
+A fault the user can fix (pipeline_src.errors.PipelineError) ends in one line, `error: <message>`, and exit
+code 2; a bug keeps its traceback. `--debug` or PIPELINE_DEBUG=1 shows the traceback of the former too.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import traceback
+
+from pipeline_src.errors import EXIT_USER_ERROR, PipelineError, one_line
+
+DEBUG_ENV = "PIPELINE_DEBUG"
 
 # stage name -> (module, one-line help). Order = order of the DAG.
 STAGES: dict[str, tuple[str, str]] = {
@@ -42,6 +51,8 @@ def build_parser(stages: dict[str, tuple[str, str]] | None = None) -> argparse.A
         mod = importlib.import_module(module)
         p = sub.add_parser(name, help=help_text, description=(mod.__doc__ or help_text).strip())
         mod.add_arguments(p)
+        p.add_argument("--debug", action="store_true",
+                       help=f"on an error, show the full traceback (or set {DEBUG_ENV}=1)")
         p.set_defaults(_run=mod.run)
     return parser
 
@@ -54,9 +65,16 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in STAGES:
         stages = {argv[0]: STAGES[argv[0]]}
     args = build_parser(stages).parse_args(argv)
+    debug = args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
         rc = args._run(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except PipelineError as exc:
+        # A fault the user can fix: one line naming the culprit. Anything else is a bug and keeps its traceback.
+        if debug:
+            traceback.print_exc()
+        print(f"error: {one_line(str(exc))}", file=sys.stderr)
+        return EXIT_USER_ERROR
     return int(rc or 0)

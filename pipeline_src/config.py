@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from pipeline_src.errors import PipelineError
+
 PRESETS = ("smoke", "default", "paper")
 # The repository this package is installed from (editable install): schemas live in workflow/schemas/.
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -24,7 +26,7 @@ PRESET_PHASE_KEYS = {"length", "batch_size", "crop", "val_every", "ckpt_every", 
                      "num_workers", "image_every"}
 
 
-class ConfigError(ValueError):
+class ConfigError(PipelineError, ValueError):
     """A config file or value that is wrong; the message names the file and the field."""
 
 

@@ -16,6 +16,8 @@ from typing import Iterator
 
 import numpy as np
 
+from pipeline_src.errors import DataError
+
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
@@ -103,7 +105,7 @@ def atomic_dir(path: str | os.PathLike, replace: bool = True) -> Iterator[Path]:
 
 
 # ----------------------------------------------------------------------------------------------- images
-class ImageReadError(ValueError):
+class ImageReadError(DataError):
     """An image file that is missing, truncated or not decodable; the message names the file."""
 
 

@@ -40,6 +40,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from pipeline_src.errors import PipelineError
+
 # Run in this order within each repeat. runner_bare goes first: its end-of-phase validation, checkpoint and
 # sample image (outside its window) do the runner's lazy imports before runner_configured times any of them.
 ARMS = ("runner_bare", "plain", "runner_configured")
@@ -49,7 +51,7 @@ EVENT_NAMES = {"log_every": "log_lines", "val_every": "validations", "ckpt_every
                "image_every": "sample_images"}
 
 
-class BenchArgumentError(ValueError):
+class BenchArgumentError(PipelineError, ValueError):
     """A bad command-line value; the message names the option, the value and what is accepted."""
 
 

@@ -16,12 +16,14 @@ import tarfile
 import zipfile
 from pathlib import Path, PurePosixPath
 
+from pipeline_src.errors import PipelineError
 
-class UnsafeArchiveError(ValueError):
+
+class UnsafeArchiveError(PipelineError, ValueError):
     """An archive member would land outside the target folder (or is a device file); nothing is trusted."""
 
 
-class ArchiveToolMissing(RuntimeError):
+class ArchiveToolMissing(PipelineError, RuntimeError):
     """The archive needs an external tool that is not installed."""
 
 

@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline_src.errors import PipelineError
+
 # Status codes worth another try (timeouts, rate limits, server trouble); any other 4xx/5xx fails at once.
 RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 
@@ -38,7 +40,7 @@ _PAGE_KINDS = (
 )
 
 
-class DownloadError(RuntimeError):
+class DownloadError(PipelineError, RuntimeError):
     """A download that failed; the message names the URL and, where there is one, the local file."""
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from pipeline_src.data.registry import DatasetEntry, ManualSource, Registry, WeightEntry, load_registry
+from pipeline_src.errors import PipelineError
 
 DEFAULT_REGISTRY = "config/datasets.yaml"
 DEFAULT_ROOT = "data"
@@ -34,7 +35,7 @@ RECORD_FILE = ".fetched.json"
 EXIT_MANUAL = 2
 
 
-class FetchError(RuntimeError):
+class FetchError(PipelineError, RuntimeError):
     """A fetch that cannot go on; the message names the file and what to do."""
 
 

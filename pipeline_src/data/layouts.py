@@ -22,6 +22,7 @@ import re
 from pathlib import Path
 
 from pipeline_src.registry import Registry
+from pipeline_src.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 SPLITS = ("train", "val", "test")
@@ -36,7 +37,7 @@ DVD_TEST_VIDEOS = frozenset(
 LAYOUTS = Registry("layout")
 
 
-class LayoutError(ValueError):
+class LayoutError(DataError):
     """The tree does not have the structure its layout promises; the message names the path."""
 
 

@@ -20,12 +20,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from pipeline_src.data.layouts import GOPRO_BLUR_CHOICES, LAYOUTS, SPLITS, LayoutOptions, RawSample, parse_layout
+from pipeline_src.errors import DataError
 
 MANIFEST_FORMAT = 1
 MASK_POLARITY = "in_focus=1"
 
 
-class ManifestError(ValueError):
+class ManifestError(DataError):
     """A dataset tree that fails validation; the message names the file and what was expected."""
 
 

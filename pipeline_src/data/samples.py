@@ -16,13 +16,15 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline_src.errors import DataError
+
 SUPPORTED_FORMATS = (1,)
 _REQUIRED = ("format", "dataset", "layout", "root", "bit_depth", "views", "has_target", "has_mask",
              "has_defocus", "mask_source_in_focus_value", "splits", "samples")
 _REQUIRED_SAMPLE = ("split", "id", "inputs", "target", "mask", "defocus", "height", "width")
 
 
-class ManifestFormatError(ValueError):
+class ManifestFormatError(DataError):
     """A manifest file that is not one this code can read; the message names the file and the field."""
 
 

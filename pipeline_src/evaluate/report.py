@@ -23,6 +23,8 @@ import json
 import math
 from pathlib import Path
 
+from pipeline_src.errors import PipelineError
+
 METRIC_ORDER = ("psnr", "ssim", "ms_ssim", "mae", "lpips", "max_f", "mean_max_f", "f_at_0_5")
 PRIMARY = {"restoration": "psnr", "detection": "max_f"}
 MISSING = "missing"
@@ -34,7 +36,7 @@ _EVAL_KEYS = ("model", "baselines", "images", "name", "paper", "recipe", "datase
               "per_image_csv", "bit_depth_conversion", "tiling")
 
 
-class ReportInputError(ValueError):
+class ReportInputError(PipelineError, ValueError):
     """A published-figures file or metrics file that cannot be reported; names the file and the field."""
 
 

@@ -13,11 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from pipeline_src.errors import PipelineError
+
 DEFAULT_OP_TABLE = "config/tensorrt_onnx_ops.yaml"
 DEFAULT_DOMAINS = ("", "ai.onnx")
 
 
-class UnsupportedOperatorError(ValueError):
+class UnsupportedOperatorError(PipelineError, ValueError):
     """The graph uses something the TensorRT ONNX parser does not accept; the message lists what and where."""
 
 

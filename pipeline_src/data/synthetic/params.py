@@ -10,6 +10,8 @@ import dataclasses
 import typing
 from pathlib import Path
 
+from pipeline_src.errors import PipelineError
+
 # Splits each kind writes, as its real counterpart has them (GoPro and CUHK have no val split).
 KIND_SPLITS: dict[str, tuple[str, ...]] = {
     "defocus": ("train", "val", "test"),
@@ -19,7 +21,7 @@ KIND_SPLITS: dict[str, tuple[str, ...]] = {
 MIN_SIDE_PX = 32
 
 
-class SynthConfigError(ValueError):
+class SynthConfigError(PipelineError, ValueError):
     """A preset or parameter that cannot be used; the message names the file, the key and what is accepted."""
 
 
