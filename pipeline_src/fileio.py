@@ -2,21 +2,34 @@
 
 Every stage output goes through these helpers so that a crash or a kill never leaves a half-written file
 where a later stage would take it for good output: write to a temporary sibling, fsync, then rename.
+- Temporary siblings are named `.<name>.<pid>.<random>.tmp|.partial`: a later write of the same output removes
+  the ones whose process is gone (a SIGKILL leaves them behind), never those of a live process.
+- A stage with several outputs writes them with `output_set`: the old set is removed first (the file later
+  stages look for first), the new one renamed into place last, so a set is never a mix of two runs and its
+  marker file exists only when the others do.
+- `PIPELINE_KILL_AT=N` makes the main process SIGKILL itself just before its N-th commit (rename): the tests
+  use it to kill every stage at chosen points. Unset, it costs one integer comparison per rename.
 """
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import json
+import multiprocessing
 import os
+import re
 import shutil
+import signal
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 
 from pipeline_src.errors import DataError
+
+KILL_AT_ENV = "PIPELINE_KILL_AT"
+_commits = 0
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -43,12 +56,57 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+def fault_point() -> None:
+    """Called just before every commit (rename) of an output: the kill switch the kill tests use."""
+    global _commits
+    target = os.environ.get(KILL_AT_ENV)
+    if not target or multiprocessing.parent_process() is not None:
+        return
+    _commits += 1
+    if _commits == int(target):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_stale_partials(path: str | os.PathLike) -> list[Path]:
+    """Remove temporary siblings of `path` left by processes that no longer run (killed mid-write)."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.(?:old-)?(\d+)(?:\..*)?$")
+    removed = []
+    for sibling in path.parent.iterdir():
+        m = pattern.match(sibling.name)
+        if not m or int(m.group(1)) == os.getpid() or _pid_alive(int(m.group(1))):
+            continue
+        if sibling.is_dir() and not sibling.is_symlink():
+            shutil.rmtree(sibling, ignore_errors=True)
+        else:
+            sibling.unlink(missing_ok=True)
+        removed.append(sibling)
+    return removed
+
+
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name}.{os.getpid()}."
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to `path`; on success it is renamed onto `path`, on error removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale_partials(path)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
     os.chmod(tmp, _default_mode(directory=False))
@@ -56,6 +114,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        fault_point()
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     finally:
@@ -85,10 +144,12 @@ def atomic_dir(path: str | os.PathLike, replace: bool = True) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+    remove_stale_partials(path)
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".partial", dir=path.parent))
     os.chmod(tmp, _default_mode(directory=True))
     try:
         yield tmp
+        fault_point()
         if path.exists():
             if not replace:
                 raise FileExistsError(f"{path} already exists")
@@ -102,6 +163,44 @@ def atomic_dir(path: str | os.PathLike, replace: bool = True) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def output_set(paths: Sequence[str | os.PathLike]) -> Iterator[dict[Path, Path]]:
+    """Write the files of one stage so that they appear together or not at all.
+
+    `paths` are the stage's output files in commit order; the LAST is the marker, the file a later stage
+    looks for (e.g. model_fp16.onnx for the engine stage, final.pt for evaluation). On entry the old files are
+    removed, marker first, so a failed or killed run never leaves an old marker beside new siblings. Yields
+    {final path: temporary path}; write each temporary file. On success they are renamed in order, the marker
+    last; on an error every temporary file is removed and no output exists.
+    """
+    finals = [Path(p) for p in paths]
+    for final in reversed(finals):
+        final.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_partials(final)
+        final.unlink(missing_ok=True)
+    temps: dict[Path, Path] = {}
+    try:
+        for final in finals:
+            fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(final), suffix=".tmp", dir=final.parent)
+            os.close(fd)
+            os.chmod(tmp, _default_mode(directory=False))
+            temps[final] = Path(tmp)
+        yield dict(temps)
+        for final, tmp in temps.items():
+            if not tmp.is_file() or tmp.stat().st_size == 0:
+                raise RuntimeError(f"{final}: the stage did not write it (output_set expects every file)")
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        for final, tmp in temps.items():
+            fault_point()
+            os.replace(tmp, final)
+        for parent in {f.parent for f in finals}:
+            _fsync_dir(parent)
+    finally:
+        for tmp in temps.values():
+            tmp.unlink(missing_ok=True)
 
 
 # ----------------------------------------------------------------------------------------------- images
