@@ -10,7 +10,6 @@ continues from it. Under `torchrun --nproc-per-node N` the same command trains w
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 
@@ -24,33 +23,34 @@ def add_arguments(parser) -> None:
     parser.add_argument("--init-from", type=Path,
                         help="weights for a phase with `init: previous` (default: ../phase<k-1>/final.pt beside --out)")
     parser.add_argument("--weights-dir", type=Path, default=Path("data/weights"))
-    parser.add_argument("--preset", default=None, help="smoke | default | paper (default: config/config.yaml)")
+    # Preset and seed always come from the command line (the orchestrators pass the effective values), never
+    # from config/config.yaml, which a `--config seed=1` override does not reach.
+    parser.add_argument("--preset", required=True, help="smoke | default | paper")
     parser.add_argument("--option", default=None, help="a named option of the recipe, e.g. released_code")
-    parser.add_argument("--seed", type=int, default=None, help="default: config/config.yaml")
+    parser.add_argument("--seed", type=int, required=True, help="the pipeline's seed (config/config.yaml `seed`)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
     parser.add_argument("--restart", action="store_true", help="ignore <out>/last.pt and start the phase over")
 
 
 def run(args) -> int:
-    from pipeline_src.config import load_pipeline_config, load_recipe, project_root
-    from pipeline_src.tracking import tracking_enabled
+    from pipeline_src.config import ConfigError, load_recipe
+    from pipeline_src.tracking import config_tracking_flag, tracking_enabled
     from pipeline_src.train.runner import PhaseJob, run_phase
 
-    cfg = load_pipeline_config(project_root() / "config" / "config.yaml")
-    preset = args.preset or cfg["preset"]
-    recipe = load_recipe(args.recipe, preset, args.option)
+    if args.seed < 0:
+        raise ConfigError(f"--seed {args.seed}: expected a non-negative integer")
+    recipe = load_recipe(args.recipe, args.preset, args.option)
     n_phases = len(recipe["phases"])
     if not 1 <= args.phase <= n_phases:
-        print(f"error: {args.recipe} has phases 1..{n_phases}, not {args.phase}", file=sys.stderr)
-        return 2
+        raise ConfigError(f"{args.recipe} has phases 1..{n_phases}, not --phase {args.phase}")
     init_from = args.init_from
     if init_from is None and recipe["phases"][args.phase - 1]["init"] == "previous":
         init_from = args.out.parent / f"phase{args.phase - 1}" / "final.pt"
     job = PhaseJob(recipe=recipe, recipe_name=args.recipe.stem, phase=args.phase, dataset=args.dataset,
                    manifest=args.manifest, patches=args.patches, out_dir=args.out, prev_final=init_from,
-                   weights_dir=args.weights_dir, seed=cfg["seed"] if args.seed is None else args.seed,
-                   device=args.device, tracking=tracking_enabled(cfg["tracking"]) and not args.no_tracking,
+                   weights_dir=args.weights_dir, seed=args.seed,
+                   device=args.device, tracking=tracking_enabled(config_tracking_flag()) and not args.no_tracking,
                    restart=args.restart, extra_tags={"option": args.option or "paper"})
     summary = run_phase(job)
     val = summary["validation"]

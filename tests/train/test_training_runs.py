@@ -20,7 +20,7 @@ NO_TRACKING = {"PIPELINE_TRACKING": "0"}
 
 def train_args(data, recipe, out, phase=1, *extra):
     return ["train", "--recipe", recipe, "--phase", phase, "--dataset", "synth", "--manifest", data["manifest"],
-            "--patches", data["patches"], "--out", out, "--preset", "smoke", *extra]
+            "--patches", data["patches"], "--out", out, "--preset", "smoke", "--seed", "0", *extra]
 
 
 def test_kpac_two_phases_and_phase2_starts_from_phase1_weights(defocus_data, tmp_path):

@@ -36,6 +36,8 @@ def all_targets():
 onstart:
     from pipeline_src.tracking import PARENT_ENV, start_parent, tracking_enabled
 
+    if not config["tracking"]:  # jobs read config/config.yaml, which a `--config tracking=false` does not reach
+        os.environ["PIPELINE_TRACKING"] = "0"
     if tracking_enabled(config["tracking"]) and PARENT_ENV not in os.environ:
         os.environ[PARENT_ENV] = start_parent(f"snakemake/{PRESET}")
 

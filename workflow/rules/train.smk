@@ -15,6 +15,7 @@ rule train:
     params:
         out=lambda wc: run_dir(wc.recipe, wc.dataset, int(wc.phase)),
         preset=PRESET,
+        seed=SEED,
     wildcard_constraints:
         phase=r"\d+",
     threads: 2
@@ -23,4 +24,4 @@ rule train:
     shell:
         "{PY} train --recipe {input.recipe} --phase {wildcards.phase} --dataset {wildcards.dataset} "
         "--manifest {input.manifest} --patches {input.patches} --out {params.out} "
-        "--preset {params.preset}"
+        "--preset {params.preset} --seed {params.seed}"
