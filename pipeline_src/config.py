@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from pipeline_src.errors import PipelineError
+from pipeline_src.errors import ConfigError  # defined there, importable from here as before
 
 PRESETS = ("smoke", "default", "paper")
 # The repository this package is installed from (editable install): schemas live in workflow/schemas/.
@@ -24,10 +24,6 @@ SCHEMAS = REPO_ROOT / "workflow" / "schemas"
 # What a preset may change in a training phase: sizes, counts and lengths, never the recipe itself.
 PRESET_PHASE_KEYS = {"length", "batch_size", "crop", "val_every", "ckpt_every", "log_every", "val_samples",
                      "num_workers", "image_every"}
-
-
-class ConfigError(PipelineError, ValueError):
-    """A config file or value that is wrong; the message names the file and the field."""
 
 
 def project_root(start: str | os.PathLike | None = None) -> Path:

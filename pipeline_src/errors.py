@@ -18,6 +18,17 @@ class PipelineError(Exception):
     """A fault the user can fix; the message names the culprit and what to do."""
 
 
+class ConfigError(PipelineError, ValueError):
+    """A config, recipe, preset or registry file or value that is wrong; the message names the file and field."""
+
+
+class UnknownNameError(PipelineError, KeyError):
+    """A name (model, loss, dataset, preset, ...) that no registry knows; the message lists the known ones."""
+
+    def __str__(self) -> str:  # KeyError's own str() would wrap the message in quotes
+        return str(self.args[0]) if self.args else ""
+
+
 class DataError(PipelineError, ValueError):
     """A dataset file or tree that is not what its dataset declares."""
 

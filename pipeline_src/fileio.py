@@ -165,6 +165,15 @@ def atomic_dir(path: str | os.PathLike, replace: bool = True) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def discard_outputs(paths: Sequence[str | os.PathLike]) -> None:
+    """Remove a stage's previous output files (and dead partials), the marker (last) first: called when the stage
+    starts, so an old result never stands beside a new run's, nor survives a run that fails."""
+    for final in reversed([Path(p) for p in paths]):
+        final.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_partials(final)
+        final.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def output_set(paths: Sequence[str | os.PathLike]) -> Iterator[dict[Path, Path]]:
     """Write the files of one stage so that they appear together or not at all.
@@ -176,10 +185,7 @@ def output_set(paths: Sequence[str | os.PathLike]) -> Iterator[dict[Path, Path]]
     last; on an error every temporary file is removed and no output exists.
     """
     finals = [Path(p) for p in paths]
-    for final in reversed(finals):
-        final.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_partials(final)
-        final.unlink(missing_ok=True)
+    discard_outputs(finals)
     temps: dict[Path, Path] = {}
     try:
         for final in finals:
@@ -208,40 +214,80 @@ class ImageReadError(DataError):
     """An image file that is missing, truncated or not decodable; the message names the file."""
 
 
-def read_image(path: str | os.PathLike, color: bool = True) -> np.ndarray:
-    """Read an image at its stored bit depth: uint8 or uint16, RGB order (H, W, 3), or (H, W) if color=False.
+# Signatures of the formats a dataset may hold, and the suffixes that promise each.
+_SIGNATURES = (("PNG", b"\x89PNG\r\n\x1a\n"), ("JPEG", b"\xff\xd8\xff"), ("TIFF", b"II*\x00"),
+               ("TIFF", b"MM\x00*"), ("BMP", b"BM"), ("GIF", b"GIF8"))
+_SUFFIX_FORMAT = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF", ".bmp": "BMP"}
 
-    OpenCV is used because it keeps 16 bits (IMREAD_UNCHANGED); it returns BGR, which is converted here
-    once so that nothing downstream has to remember it.
+
+def sniff_format(data: bytes) -> str | None:
+    """The image format the bytes start with (PNG, JPEG, TIFF, BMP, GIF, WEBP), or None."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    return next((name for name, sig in _SIGNATURES if data.startswith(sig)), None)
+
+
+def _check_container(path: Path, data: bytes) -> None:
+    """The format behind the extension must be the one the extension names, and complete."""
+    found = sniff_format(data)
+    promised = _SUFFIX_FORMAT.get(path.suffix.lower())
+    if found is None:
+        raise ImageReadError(f"{path}: not an image file ({len(data)} bytes, starting {data[:8]!r}); "
+                             "re-download or regenerate it")
+    if promised is not None and found != promised:
+        raise ImageReadError(f"{path}: named {path.suffix} but its bytes are a {found} image; "
+                             f"convert it to {promised} or give it the right extension")
+    # A PNG ends with the IEND chunk (length 0, b"IEND", CRC); a JPEG with the EOI marker FF D9 (cameras may
+    # append a trailer after it, so it is looked for near the end). A cut download lacks them.
+    if found == "PNG" and data[-12:-4] != b"\x00\x00\x00\x00IEND":
+        raise ImageReadError(f"{path}: truncated PNG (no IEND chunk); re-download or regenerate it")
+    if found == "JPEG" and b"\xff\xd9" not in data[-65536:]:
+        raise ImageReadError(f"{path}: truncated JPEG (no end-of-image marker); re-download or regenerate it")
+
+
+def decode_image(data: bytes, path: str | os.PathLike, color: bool = True) -> np.ndarray:
+    """Decode image bytes (read from `path`, named in errors) at their stored bit depth.
+
+    color=True: an RGB image, (H, W, 3) in RGB order. A grey or RGBA file is refused, not converted: a dataset
+    declared RGB that holds one is not what it says (drop or convert the file deliberately).
+    color=False: a grey image (H, W), e.g. a mask; a mask stored as RGB(A) is read as grey only when its colour
+    channels are equal (the conversion loses nothing); otherwise it is refused.
+    OpenCV is used because it keeps 16 bits (IMREAD_UNCHANGED); it returns BGR, converted here once.
     """
     import cv2
 
     path = Path(path)
-    if not path.is_file():
-        raise ImageReadError(f"{path}: no such image file")
-    data = np.fromfile(path, dtype=np.uint8)
-    if path.suffix.lower() == ".png" and not _png_complete(data):
-        raise ImageReadError(f"{path}: truncated PNG (no IEND chunk); re-download or regenerate it")
-    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    _check_container(path, data)
+    img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     if img is None:
-        raise ImageReadError(f"{path}: not a decodable image ({len(data)} bytes)")
+        raise ImageReadError(f"{path}: not a decodable image ({len(data)} bytes); re-download or regenerate it")
     if img.dtype not in (np.uint8, np.uint16):
         raise ImageReadError(f"{path}: unsupported sample type {img.dtype}; expected 8- or 16-bit")
-    if img.ndim == 3 and img.shape[2] == 4:
-        img = img[:, :, :3]
+    channels = 1 if img.ndim == 2 else img.shape[2]
     if color:
-        if img.ndim == 2:
-            img = np.repeat(img[:, :, None], 3, axis=2)
-        else:
-            img = img[:, :, ::-1]
-    elif img.ndim == 3:
-        img = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
-    return np.ascontiguousarray(img)
+        if channels != 3:
+            kind = {1: "a grey", 2: "a grey+alpha", 4: "an RGBA"}.get(channels, f"a {channels}-channel")
+            raise ImageReadError(f"{path}: {kind} image where RGB is expected; convert it to 3-channel RGB "
+                                 "(or remove it from the dataset)")
+        return np.ascontiguousarray(img[:, :, ::-1])
+    if channels == 1:
+        return np.ascontiguousarray(img.reshape(img.shape[:2]))
+    colour = img[:, :, :3] if channels >= 3 else img[:, :, :1]
+    if not (colour == colour[:, :, :1]).all():
+        raise ImageReadError(f"{path}: a {channels}-channel image with differing channels where a grey mask "
+                             "is expected; save the mask as a single-channel image")
+    return np.ascontiguousarray(colour[:, :, 0])
 
 
-def _png_complete(data: np.ndarray) -> bool:
-    # A PNG ends with the IEND chunk: 4-byte length 0, b"IEND", 4-byte CRC. A cut download lacks it.
-    return len(data) >= 12 and bytes(data[-12:-4]) == b"\x00\x00\x00\x00IEND"
+def read_image(path: str | os.PathLike, color: bool = True) -> np.ndarray:
+    """Read an image file at its stored bit depth: RGB (H, W, 3), or grey (H, W) with color=False.
+
+    See `decode_image` for the channel rules; the format behind the extension is checked first.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"{path}: no such image file")
+    return decode_image(path.read_bytes(), path, color)
 
 
 def write_image(path: str | os.PathLike, img: np.ndarray) -> None:

@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from pipeline_src.errors import CheckpointError
+
 FORMAT = 1
 
 
@@ -35,16 +37,48 @@ def save_model_file(path: str | os.PathLike, record: dict[str, Any]) -> None:
         torch.save(record, tmp)
 
 
-def load_model_file(path: str | os.PathLike) -> dict[str, Any]:
+def torch_load(path: str | os.PathLike, what: str) -> Any:
+    """torch.load(weights_only=True) of a file a stage wrote; a truncated or foreign file is a CheckpointError."""
+    import pickle
+    import zipfile
+
     import torch
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such model file (expected a training phase's final.pt)")
-    record = torch.load(path, map_location="cpu", weights_only=True)
+        raise CheckpointError(f"{path}: no such {what}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: unreadable {what}, truncated or not a PyTorch file ({reason[:160]}); "
+                              "delete it and rerun the stage that writes it") from exc
+
+
+def load_model_file(path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such model file (expected a training phase's final.pt)")
+    record = torch_load(path, "model file")
     if not isinstance(record, dict) or record.get("format") != FORMAT or "state_dict" not in record:
-        raise ValueError(f"{path}: not a pipeline model file (format {FORMAT} with model/state_dict keys)")
+        raise CheckpointError(f"{path}: not a pipeline model file (format {FORMAT} with model/state_dict keys)")
     return record
+
+
+def load_weights(model, state_dict: dict, path: str | os.PathLike, name: str) -> None:
+    """Load `state_dict` into `model`, refusing with the first differing key and shape: a file of another model
+    or variant (kpac_dual weights in a kpac record, say) is named as such, not as torch's size mismatch."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: weights do not fit model {name!r}: missing {missing[:3]}, unexpected "
+                              f"{unexpected[:3]}; the file holds another model")
+    for key, tensor in own.items():
+        if tuple(state_dict[key].shape) != tuple(tensor.shape):
+            raise CheckpointError(f"{path}: {key} has shape {tuple(state_dict[key].shape)}, model {name!r} needs "
+                                  f"{tuple(tensor.shape)}; the file holds another variant of the model")
+    model.load_state_dict(state_dict)
 
 
 def load_model(path: str | os.PathLike):
@@ -52,9 +86,11 @@ def load_model(path: str | os.PathLike):
     from pipeline_src.models import build_model
 
     record = load_model_file(path)
-    model = build_model(record["model"]["name"], **record["model"]["args"])
-    missing, unexpected = model.load_state_dict(record["state_dict"], strict=False)
-    if missing or unexpected:
-        raise ValueError(f"{path}: weights do not fit model {record['model']['name']!r}: "
-                         f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+    name, args = record["model"]["name"], record["model"]["args"]
+    try:
+        model = build_model(name, **args)
+    except TypeError as exc:
+        raise CheckpointError(f"{path}: model {name!r} cannot be built with the file's arguments {args} ({exc}); "
+                              "the file comes from another version of the code") from exc
+    load_weights(model, record["state_dict"], path, name)
     return model.eval(), record

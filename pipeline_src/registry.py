@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib
 from typing import Any, Callable
 
+from pipeline_src.errors import UnknownNameError
+
 
 class Registry:
     def __init__(self, kind: str, locations: dict[str, str] | None = None):
@@ -34,7 +36,7 @@ class Registry:
         if name not in self._builders and name in self._locations:
             importlib.import_module(self._locations[name])
         if name not in self._builders:
-            raise KeyError(f"unknown {self.kind} {name!r}; known: {', '.join(self.names()) or '(none)'}")
+            raise UnknownNameError(f"unknown {self.kind} {name!r}; known: {', '.join(self.names()) or '(none)'}")
         return self._builders[name]
 
     def build(self, name: str, *args, **kwargs):

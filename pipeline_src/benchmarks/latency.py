@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from pipeline_src.errors import ConfigError
 from pipeline_src.export import DEFAULT_CONFIG, format_size, load_export_config, parse_size
 
 
@@ -42,7 +43,7 @@ def add_arguments(parser) -> None:
 def time_runs(fn: Callable[[], object], warmup: int, repeats: int) -> dict[str, Any]:
     """Median, min and max of `repeats` timed calls after `warmup` untimed ones, in milliseconds."""
     if warmup < 0 or repeats < 1:
-        raise ValueError(f"warmup {warmup}, repeats {repeats}: need warmup >= 0 and repeats >= 1")
+        raise ConfigError(f"warmup {warmup}, repeats {repeats}: need warmup >= 0 and repeats >= 1")
     for _ in range(warmup):
         fn()
     runs = []

@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from pipeline_src.errors import ConfigError, DataError
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--patches", required=True, help="patch folder written by the `patches` stage")
@@ -60,9 +62,9 @@ def benchmark(patches: str | Path, split: str = "train", reads: int = 200, repea
     meta = json.loads((patches / "meta.json").read_text())
     count = meta["splits"][split]["count"]
     if count == 0:
-        raise ValueError(f"{patches}: the {split} split has no patches to read")
+        raise DataError(f"{patches}: the {split} split has no patches to read")
     if reads <= 0 or repeats <= 0:
-        raise ValueError(f"--reads {reads}, --repeats {repeats}: both must be positive")
+        raise ConfigError(f"--reads {reads}, --repeats {repeats}: both must be positive")
     keys = [k for k in meta["arrays"] if k != "defocus"]
     picks = np.random.default_rng(seed).integers(0, count, size=reads).tolist()
     npy_files = [patches / split / f"{k}.npy" for k in keys]

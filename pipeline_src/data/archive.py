@@ -16,7 +16,7 @@ import tarfile
 import zipfile
 from pathlib import Path, PurePosixPath
 
-from pipeline_src.errors import PipelineError
+from pipeline_src.errors import ConfigError, PipelineError
 
 
 class UnsafeArchiveError(PipelineError, ValueError):
@@ -33,7 +33,7 @@ def extract(archive: Path, dest: Path, kind: str) -> None:
     extractors = {"zip": extract_zip, "tar": extract_tar, "tar.gz": extract_tar, "rar": extract_rar,
                   "file": _place_file}
     if kind not in extractors:
-        raise ValueError(f"{archive}: unknown archive kind {kind!r}; accepted: {sorted(extractors)}")
+        raise ConfigError(f"{archive}: unknown archive kind {kind!r}; accepted: {sorted(extractors)}")
     extractors[kind](archive, dest)
 
 

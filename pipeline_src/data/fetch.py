@@ -298,8 +298,14 @@ def fetch_weight(entry: WeightEntry, options: Options) -> Path:
 def _obtain(spec: _Spec, final: Path, options: Options, trust: TrustStore) -> _Obtained:
     """Make `final` hold the verified file: take one already there (placed by hand or by an earlier call)
     or download it into `final`.part, check it, and rename it."""
-    from pipeline_src.data.download import (DownloadError, HtmlInsteadOfFile, SizeMismatch, UnexpectedFileType,
-                                            check_magic, http_download)
+    from pipeline_src.data.download import (
+        DownloadError,
+        HtmlInsteadOfFile,
+        SizeMismatch,
+        UnexpectedFileType,
+        check_magic,
+        http_download,
+    )
 
     if final.is_file():
         try:

@@ -21,8 +21,8 @@ import dataclasses
 import re
 from pathlib import Path
 
-from pipeline_src.registry import Registry
 from pipeline_src.errors import DataError
+from pipeline_src.registry import Registry
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 SPLITS = ("train", "val", "test")
@@ -113,7 +113,7 @@ def even_picks(n: int, k: int) -> list[int]:
     """k indices spread evenly over range(n) (the centre of each of k equal bins): a deterministic,
     content-independent choice that does not favour the start or the end of a sorted list."""
     if not 0 <= k <= n:
-        raise ValueError(f"cannot pick {k} of {n} items")
+        raise DataError(f"cannot pick {k} of {n} items")
     return [int((i + 0.5) * n / k) for i in range(k)]
 
 

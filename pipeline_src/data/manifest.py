@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
 import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,8 +23,10 @@ from pathlib import Path
 from pipeline_src.data.layouts import GOPRO_BLUR_CHOICES, LAYOUTS, SPLITS, LayoutOptions, RawSample, parse_layout
 from pipeline_src.errors import DataError
 
-MANIFEST_FORMAT = 1
+MANIFEST_FORMAT = 2  # 2: per-file sha256 of the content
 MASK_POLARITY = "in_focus=1"
+CHANNEL_RULE = ("views and targets: 3-channel RGB only (grey and RGBA files are refused); masks: single channel, "
+                "or RGB(A) with equal colour channels read as grey")
 
 
 class ManifestError(DataError):
@@ -122,7 +125,7 @@ def build_manifest(name: str, root: str | Path, facts: DatasetFacts, options: La
         "mask_polarity": MASK_POLARITY if has_mask else None,
         "mask_source_in_focus_value": facts.mask_in_focus_value if has_mask else None,
         "splits": splits,
-        "rules": scan.rules,
+        "rules": {**scan.rules, "channels": CHANNEL_RULE},
         "facts_from": facts.source,
         "samples": [_sample_record(s, info) for s, info in zip(scan.samples, infos)],
     }
@@ -134,15 +137,25 @@ class SampleInfo:
     width: int
     bit_depth: int
     first_file: str   # the file whose depth stands for the sample (named in mixed-depth errors)
+    sha256: dict[str, str]  # key (view, target, mask, defocus) -> sha256 of the file's bytes
 
 
 def inspect_sample(root: Path, sample: RawSample) -> SampleInfo:
-    """Decode every file of a sample; all must be readable and of one size, images of one bit depth."""
+    """Hash and decode every file of a sample; all must be readable and of one size, images of one bit depth."""
+    import hashlib
+
     import numpy as np
 
-    from pipeline_src.fileio import bit_depth_of, read_image
+    from pipeline_src.fileio import bit_depth_of, decode_image
 
     size_ref: tuple[str, tuple[int, int]] | None = None
+    hashes: dict[str, str] = {}
+
+    def read(key: str, rel: str) -> bytes:
+        path = inside_tree(root, rel)
+        data = path.read_bytes()
+        hashes[key] = hashlib.sha256(data).hexdigest()
+        return data
 
     def same_size(rel: str, shape: tuple[int, int]) -> None:
         nonlocal size_ref
@@ -154,9 +167,9 @@ def inspect_sample(root: Path, sample: RawSample) -> SampleInfo:
                                 f"of sample {sample.id!r} must have one size")
 
     depth_ref: tuple[str, int] | None = None
-    images = list(sample.inputs.values()) + ([sample.target] if sample.target else [])
-    for rel in images:
-        img = read_image(root / rel)
+    images = list(sample.inputs.items()) + ([("target", sample.target)] if sample.target else [])
+    for key, rel in images:
+        img = decode_image(read(key, rel), root / rel)
         same_size(rel, img.shape[:2])
         depth = bit_depth_of(img)
         if depth_ref is None:
@@ -165,21 +178,32 @@ def inspect_sample(root: Path, sample: RawSample) -> SampleInfo:
             raise ManifestError(f"mixed bit depths: {root / rel} is {depth}-bit but {root / depth_ref[0]} is "
                                 f"{depth_ref[1]}-bit; a dataset must have one bit depth")
     if sample.mask:
-        mask = read_image(root / sample.mask, color=False)
+        mask = decode_image(read("mask", sample.mask), root / sample.mask, color=False)
         if mask.dtype != np.uint8:
             raise ManifestError(f"{root / sample.mask}: {mask.dtype} mask; expected an 8-bit mask")
         same_size(sample.mask, mask.shape)
     if sample.defocus:
         path = root / sample.defocus
+        data = read("defocus", sample.defocus)
         try:
-            dmap = np.load(path, mmap_mode="r")
-        except (ValueError, OSError) as exc:
-            raise ManifestError(f"{path}: unreadable defocus map ({exc})") from exc
+            dmap = np.load(io.BytesIO(data), allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise ManifestError(f"{path}: unreadable defocus map ({exc}); regenerate it") from exc
         if dmap.ndim != 2 or dmap.dtype != np.float32:
             raise ManifestError(f"{path}: defocus map {dmap.dtype} {dmap.shape}; expected float32 (H, W)")
         same_size(sample.defocus, dmap.shape)
     height, width = size_ref[1]
-    return SampleInfo(height, width, depth_ref[1], depth_ref[0])
+    return SampleInfo(height, width, depth_ref[1], depth_ref[0], hashes)
+
+
+def inside_tree(root: Path, rel: str) -> Path:
+    """root/rel, refused when it (or a link on the way) resolves outside the dataset tree."""
+    path = root / rel
+    resolved, top = path.resolve(), root.resolve()
+    if not resolved.is_relative_to(top):
+        raise ManifestError(f"{path}: links to {resolved}, outside the dataset tree {top}; copy the file into "
+                            "the tree (a manifest describes only what lies inside its root)")
+    return path
 
 
 def _all_or_none(samples: list[RawSample], field: str, root: Path) -> bool:
@@ -227,6 +251,7 @@ def _sample_record(s: RawSample, info: SampleInfo) -> dict:
         "height": info.height,
         "width": info.width,
         "orientation": "portrait" if info.height > info.width else "landscape",
+        "sha256": dict(info.sha256),
     }
     record.update(s.extra)
     return record

@@ -32,6 +32,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from pipeline_src.errors import ConfigError, DataError
+
 
 class PatchDataset(Dataset):
     """Random-access patches of one split of a patch folder (see the module docstring)."""
@@ -42,18 +44,18 @@ class PatchDataset(Dataset):
         self.root = Path(root)
         meta_path = self.root / "meta.json"
         if not meta_path.is_file():
-            raise FileNotFoundError(f"{meta_path}: no patch metadata; run `python -m pipeline_src patches` first")
+            raise DataError(f"{meta_path}: no patch metadata; run `python -m pipeline_src patches` first")
         self.meta = json.loads(meta_path.read_text())
         if split not in self.meta["splits"]:
-            raise KeyError(f"{self.root}: no {split!r} patches; present: {sorted(self.meta['splits'])}")
+            raise DataError(f"{self.root}: no {split!r} patches; present: {sorted(self.meta['splits'])}")
         available = list(self.meta["arrays"])
         self.keys = list(keys) if keys is not None else available
         unknown = [k for k in self.keys if k not in available]
         if unknown:
-            raise KeyError(f"{self.root}: no array(s) {unknown}; present: {available}")
+            raise DataError(f"{self.root}: no array(s) {unknown}; present: {available}")
         size = self.meta["size"]
         if crop is not None and not 0 < crop <= size:
-            raise ValueError(f"crop {crop}; expected 0 < crop <= patch size {size} ({meta_path})")
+            raise ConfigError(f"crop {crop}; expected 0 < crop <= patch size {size} ({meta_path})")
         self.split, self.crop, self.size = split, crop, size
         self.hflip, self.vflip, self.rot90 = hflip, vflip, rot90
         self.seed, self.epoch = seed, 0

@@ -32,6 +32,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+from pipeline_src.errors import ConfigError, DataError, UnknownNameError
+
 PATCH_FORMAT = 1
 PATCH_SPLITS = ("train", "val")
 SOBEL_KSIZES = (3, 7, 11, 15)
@@ -50,15 +52,15 @@ class PatchSettings:
         for name in ("size", "stride", "val_stride"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value <= 0):
-                raise ValueError(f"patches.{name} = {value!r}; expected a positive integer")
+                raise ConfigError(f"patches.{name} = {value!r}; expected a positive integer")
         for name, stride in (("stride", self.stride), ("val_stride", self.val_stride)):
             if stride is not None and stride > self.size:
-                raise ValueError(f"patches.{name} = {stride} > size {self.size}: windows would skip pixels")
+                raise ConfigError(f"patches.{name} = {stride} > size {self.size}: windows would skip pixels")
         if not 0.0 <= self.discard_fraction < 1.0:
-            raise ValueError(f"patches.discard_fraction = {self.discard_fraction!r}; expected 0 <= f < 1")
+            raise ConfigError(f"patches.discard_fraction = {self.discard_fraction!r}; expected 0 <= f < 1")
         bad = [s for s in self.splits if s not in PATCH_SPLITS]
         if bad or not self.splits:
-            raise ValueError(f"patches.splits = {list(self.splits)}; expected a non-empty subset of {PATCH_SPLITS}")
+            raise ConfigError(f"patches.splits = {list(self.splits)}; expected a non-empty subset of {PATCH_SPLITS}")
 
     def stride_for(self, split: str) -> int:
         return self.stride if split == "train" else (self.val_stride or self.size)
@@ -94,12 +96,12 @@ def load_settings(presets_path: str | Path, preset: str) -> PatchSettings:
 
     presets = yaml.safe_load(Path(presets_path).read_text()) or {}
     if preset not in presets:
-        raise KeyError(f"{presets_path}: no preset {preset!r}; known: {', '.join(presets)}")
+        raise UnknownNameError(f"{presets_path}: no preset {preset!r}; known: {', '.join(presets)}")
     section = (presets[preset] or {}).get("patches") or {}
     unknown = set(section) - _SETTING_KEYS
     if unknown or "size" not in section or "stride" not in section:
-        raise ValueError(f"{presets_path}: {preset}.patches = {section}; needs size and stride, may have "
-                         f"{sorted(_SETTING_KEYS - {'size', 'stride'})}, unknown keys {sorted(unknown)}")
+        raise ConfigError(f"{presets_path}: {preset}.patches = {section}; needs size and stride, may have "
+                          f"{sorted(_SETTING_KEYS - {'size', 'stride'})}, unknown keys {sorted(unknown)}")
     if "splits" in section:
         section = {**section, "splits": tuple(section["splits"])}
     return PatchSettings(**section)
@@ -109,7 +111,7 @@ def load_settings(presets_path: str | Path, preset: str) -> PatchSettings:
 def window_starts(length: int, size: int, stride: int) -> list[int]:
     """Start offsets along one axis: 0, stride, 2*stride, ... and the border-aligned length - size."""
     if length < size:
-        raise ValueError(f"length {length} < patch size {size}")
+        raise ConfigError(f"length {length} < patch size {size}")
     starts = list(range(0, length - size + 1, stride))
     if starts[-1] != length - size:
         starts.append(length - size)
@@ -217,8 +219,8 @@ def _array_spec(key: str, bit_depth: int, size: int) -> dict:
 def _plan(index: int, sample: dict, manifest: dict, size: int, stride: int, fraction: float) -> _SamplePlan:
     h, w = sample["height"], sample["width"]
     if h < size or w < size:
-        raise ValueError(f"{Path(manifest['root']) / sample['inputs'][manifest['views'][0]]}: {w}x{h} (WxH) is "
-                         f"smaller than the {size}px patch; use a smaller --size")
+        raise DataError(f"{Path(manifest['root']) / sample['inputs'][manifest['views'][0]]}: {w}x{h} (WxH) is "
+                        f"smaller than the {size}px patch; use a smaller --size")
     windows = window_grid(h, w, size, stride)
     return _SamplePlan(index, sample, windows, len(windows) - int(fraction * len(windows)))
 

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline_src.errors import DataError
+from pipeline_src.errors import ConfigError, DataError
 
-SUPPORTED_FORMATS = (1,)
+SUPPORTED_FORMATS = (2,)
 _REQUIRED = ("format", "dataset", "layout", "root", "bit_depth", "views", "has_target", "has_mask",
              "has_defocus", "mask_source_in_focus_value", "splits", "samples")
-_REQUIRED_SAMPLE = ("split", "id", "inputs", "target", "mask", "defocus", "height", "width")
+_REQUIRED_SAMPLE = ("split", "id", "inputs", "target", "mask", "defocus", "height", "width", "sha256")
 
 
 class ManifestFormatError(DataError):
@@ -30,15 +30,21 @@ class ManifestFormatError(DataError):
 
 def load_manifest(path: str | os.PathLike) -> dict:
     path = Path(path)
+    if not path.is_file():
+        raise ManifestFormatError(f"{path}: no such manifest; build it with `python -m pipeline_src index`")
     try:
         manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ManifestFormatError(f"{path}: not JSON ({exc}); rebuild it with `python -m pipeline_src index`") from exc
+    if not isinstance(manifest, dict):
+        raise ManifestFormatError(f"{path}: a JSON {type(manifest).__name__}, not a manifest; rebuild it with "
+                                  "`python -m pipeline_src index`")
     missing = [k for k in _REQUIRED if k not in manifest]
     if missing:
         raise ManifestFormatError(f"{path}: missing field(s) {missing}; not a manifest written by `index`")
     if manifest["format"] not in SUPPORTED_FORMATS:
-        raise ManifestFormatError(f"{path}: format {manifest['format']!r}; this code reads {SUPPORTED_FORMATS}")
+        raise ManifestFormatError(f"{path}: manifest format {manifest['format']!r}, this code reads "
+                                  f"{SUPPORTED_FORMATS}; rebuild it with `python -m pipeline_src index`")
     for i, sample in enumerate(manifest["samples"]):
         gone = [k for k in _REQUIRED_SAMPLE if k not in sample]
         if gone:
@@ -72,7 +78,7 @@ def mask_to_in_focus(mask: np.ndarray, source_in_focus_value: int) -> np.ndarray
         return (mask >= 128).astype(np.uint8)
     if source_in_focus_value == 0:
         return (mask < 128).astype(np.uint8)
-    raise ValueError(f"mask in-focus value {source_in_focus_value!r}; expected 255 or 0")
+    raise ConfigError(f"mask in-focus value {source_in_focus_value!r}; expected 255 or 0")
 
 
 def load_sample(manifest: dict, sample: dict, root: str | os.PathLike | None = None) -> dict[str, np.ndarray]:
@@ -87,8 +93,8 @@ def load_sample(manifest: dict, sample: dict, root: str | os.PathLike | None = N
             continue
         img = read_image(base / rel)
         if img.dtype != expect_dtype:
-            raise ValueError(f"{base / rel}: {img.dtype}, but the manifest says {manifest['bit_depth']}-bit; "
-                             "the tree changed since indexing, re-run `index`")
+            raise DataError(f"{base / rel}: {img.dtype}, but the manifest says {manifest['bit_depth']}-bit; "
+                            "the tree changed since indexing, re-run `index`")
         out[key] = img
     if sample["mask"] is not None:
         out["mask"] = mask_to_in_focus(read_image(base / sample["mask"], color=False),
@@ -98,6 +104,6 @@ def load_sample(manifest: dict, sample: dict, root: str | os.PathLike | None = N
     for key, arr in out.items():
         if arr.shape[:2] != (sample["height"], sample["width"]):
             rel = sample["inputs"].get(key) or sample[key]
-            raise ValueError(f"{base / rel}: {arr.shape[1]}x{arr.shape[0]} (WxH), but the manifest says "
-                             f"{sample['width']}x{sample['height']}; the tree changed since indexing, re-run `index`")
+            raise DataError(f"{base / rel}: {arr.shape[1]}x{arr.shape[0]} (WxH), but the manifest says "
+                            f"{sample['width']}x{sample['height']}; the tree changed since indexing, re-run `index`")
     return out

@@ -26,6 +26,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+from pipeline_src.errors import ConfigError, DataError
+
 # Error maps are |output - target| averaged over channels, times this gain, so 0.25 is full scale on every image.
 ERROR_MAP_GAIN = 4.0
 PANEL_MAX_WIDTH = 480
@@ -60,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     from pipeline_src.model_io import load_model
 
     if args.max_images is not None and args.max_images < 1:
-        raise ValueError(f"--max-images {args.max_images}; must be >= 1")
+        raise ConfigError(f"--max-images {args.max_images}; must be >= 1")
     book = load_protocols(args.protocols)
     model, record = load_model(args.checkpoint)
     name = args.protocol or record.get("protocol")
@@ -80,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     _check_dataset(manifest, args, record, protocol, samples)
     baselines = tuple(protocol.baselines) if args.baselines else ()
     if baselines and "c" not in manifest["views"]:
-        raise ValueError(f"{args.manifest}: baselines need the blurry view 'c'; the manifest has {manifest['views']}")
+        raise DataError(f"{args.manifest}: baselines need the blurry view 'c'; the manifest has {manifest['views']}")
     auto = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(auto if args.device == "auto" else args.device)
     model.to(device)
@@ -116,15 +118,15 @@ def run(args: argparse.Namespace) -> int:
 
 def _check_dataset(manifest: dict, args, record: dict, protocol, samples: list) -> None:
     if not samples:
-        raise ValueError(f"{args.manifest}: no {args.split!r} samples (splits: {manifest['splits']})")
+        raise DataError(f"{args.manifest}: no {args.split!r} samples (splits: {manifest['splits']})")
     missing = [v for v in record["input_views"] if v not in manifest["views"]]
     if missing:
-        raise ValueError(f"{args.manifest}: the model reads views {record['input_views']}, the dataset lacks "
-                         f"{missing} (it has {manifest['views']})")
+        raise DataError(f"{args.manifest}: the model reads views {record['input_views']}, the dataset lacks "
+                        f"{missing} (it has {manifest['views']})")
     need = "has_target" if protocol.task == "restoration" else "has_mask"
     if not manifest[need]:
-        raise ValueError(f"{args.manifest}: a {protocol.task} evaluation needs a "
-                         f"{'target' if need == 'has_target' else 'mask'} per sample; this dataset has none")
+        raise DataError(f"{args.manifest}: a {protocol.task} evaluation needs a "
+                        f"{'target' if need == 'has_target' else 'mask'} per sample; this dataset has none")
 
 
 # ------------------------------------------------------------------------------------------- scoring
@@ -201,8 +203,8 @@ def _evaluate(model, record, protocol, plan, manifest, samples, baselines, setti
         pred = pred[..., 0] if protocol.task == "detection" else pred
         target = scoring.target(arrays)
         if border and min(target.shape[:2]) <= 2 * border:
-            raise ValueError(f"sample {sample['id']!r}: {target.shape[1]}x{target.shape[0]} is too small for "
-                             f"protocol {protocol.name!r}'s border crop of {border}")
+            raise DataError(f"sample {sample['id']!r}: {target.shape[1]}x{target.shape[0]} is too small for "
+                            f"protocol {protocol.name!r}'s border crop of {border}")
         accs["model"].update(sample["id"], _crop(pred, border), _crop(target, border))
         for b in baselines:
             out = run_baseline(b, views["c"], arrays.get("defocus"), settings)

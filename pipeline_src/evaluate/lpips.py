@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from pipeline_src.errors import CheckpointError
+
 DEFAULT_ALEXNET_PATH = Path("data/weights/alexnet-owt-7be5be79.pth")
 DEFAULT_LIN_PATH = Path("data/weights/lpips-v0.1-alex.pth")
 ALEXNET_SHA256 = "7be5be791159472b1fbf3c69796f7cb30dca7ad8466c2df70058c37116cdee02"
@@ -98,11 +100,11 @@ def _load_verified(path: Path, expected_sha256: str | None, what: str) -> dict:
     from pipeline_src.fileio import sha256_file
 
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: {what} weights not found")
+        raise CheckpointError(f"{path}: {what} weights not found")
     if expected_sha256 is not None:
         got = sha256_file(path)
         if got != expected_sha256:
-            raise ValueError(f"{path}: sha256 {got} does not match the expected {expected_sha256} for {what}")
+            raise CheckpointError(f"{path}: sha256 {got} does not match the expected {expected_sha256} for {what}")
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
@@ -117,7 +119,7 @@ def load_lpips(alexnet_path: str | os.PathLike = DEFAULT_ALEXNET_PATH,
     lin = _load_verified(Path(lin_path), lin_sha256, "LPIPS v0.1 linear layers")
     expected = {f"lin{i}.model.1.weight" for i in range(len(LAYER_CHANNELS))}
     if set(lin) != expected:
-        raise ValueError(f"{lin_path}: keys {sorted(lin)} are not the LPIPS v0.1 linear layers {sorted(expected)}")
+        raise CheckpointError(f"{lin_path}: keys {sorted(lin)} are not the LPIPS v0.1 linear layers {sorted(expected)}")
     for i, conv in enumerate(model.lins):
         conv.weight.copy_(lin[f"lin{i}.model.1.weight"])
     return model

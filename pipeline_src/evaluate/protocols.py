@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline_src.config import ConfigError, load_yaml, validate_schema
+from pipeline_src.errors import DataError
 
 DEFAULT_PATH = Path("config/protocols.yaml")
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "protocols.schema.yaml"
@@ -75,7 +76,7 @@ class Protocol:
         """An image at this protocol's depth -> float32 on [0, data_range]."""
         want = np.uint8 if self.bit_depth == 8 else np.uint16
         if img.dtype != want:
-            raise TypeError(f"protocol {self.name!r} reads {self.bit_depth}-bit images; got {img.dtype} "
+            raise DataError(f"protocol {self.name!r} reads {self.bit_depth}-bit images; got {img.dtype} "
                             "(call Protocol.read first)")
         return (img.astype(np.float32) / float(np.iinfo(want).max)) * np.float32(self.data_range)
 
@@ -122,8 +123,8 @@ def convert_bit_depth(img: np.ndarray, bits: int, what: str = "image") -> np.nda
     if source == 16:
         # (x + 128) // 257 == round(x / 257): x / 257 is never exactly k + 1/2 for an integer x
         return ((img.astype(np.uint32) + 128) // 257).astype(np.uint8)
-    raise ValueError(f"{what}: reads 16-bit data but the source is 8-bit; evaluate 8-bit datasets with an "
-                     "8-bit protocol")
+    raise ConfigError(f"{what}: reads 16-bit data but the source is 8-bit; evaluate 8-bit datasets with an "
+                      "8-bit protocol")
 
 
 def quantize(x: np.ndarray, mode: str, bits: int) -> np.ndarray:

@@ -22,6 +22,7 @@ import math
 import numpy as np
 import torch
 
+from pipeline_src.errors import ConfigError
 from pipeline_src.models.layers.padding import crop_to, pad_to_multiple
 
 
@@ -42,18 +43,18 @@ def plan_tiles(tile: int, overlap: int, margin: int, batch: int, size_multiple: 
     """The tiling actually used: tile rounded down and overlap rounded up to the size multiple."""
     m = int(size_multiple)
     if m < 1:
-        raise ValueError(f"size_multiple {size_multiple}; must be >= 1")
+        raise ConfigError(f"size_multiple {size_multiple}; must be >= 1")
     if batch < 1:
-        raise ValueError(f"tile batch {batch}; must be >= 1")
+        raise ConfigError(f"tile batch {batch}; must be >= 1")
     tile_m = max(m, (tile // m) * m)
     overlap_m = math.ceil(overlap / m) * m
     if overlap_m and 2 * margin >= overlap_m:
-        raise ValueError(f"margin {margin} leaves no blend band in overlap {overlap_m}; need 2 * margin < overlap")
+        raise ConfigError(f"margin {margin} leaves no blend band in overlap {overlap_m}; need 2 * margin < overlap")
     if not overlap_m and margin:
-        raise ValueError(f"margin {margin} needs an overlap > 0")
+        raise ConfigError(f"margin {margin} needs an overlap > 0")
     if tile_m < 2 * overlap_m:
-        raise ValueError(f"tile {tile_m} (rounded to the size multiple {m}) must be at least twice the overlap "
-                         f"{overlap_m}; use a larger tile or a smaller overlap")
+        raise ConfigError(f"tile {tile_m} (rounded to the size multiple {m}) must be at least twice the overlap "
+                          f"{overlap_m}; use a larger tile or a smaller overlap")
     return TilePlan(tile=tile_m, overlap=overlap_m, margin=margin, batch=batch, size_multiple=m)
 
 

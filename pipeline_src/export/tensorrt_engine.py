@@ -77,8 +77,7 @@ def comparison_inputs(manifest: str | None, meta: dict[str, Any], profile: dict[
 
 
 def compare_with_onnxruntime(engine_path: str, onnx_path: str, meta: dict[str, Any], inputs, names) -> list[dict]:
-    from pipeline_src.export.edge_infer import (ModelSpec, OnnxRuntimeModel, TensorRTModel, compare_outputs,
-                                                run_padded)
+    from pipeline_src.export.edge_infer import ModelSpec, OnnxRuntimeModel, TensorRTModel, compare_outputs, run_padded
 
     spec = ModelSpec(tuple(meta["input_views"]), int(meta["size_multiple"]), meta["task"], *names)
     engine, reference = TensorRTModel(engine_path, spec), OnnxRuntimeModel(onnx_path, spec)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping
 
+from pipeline_src.errors import ConfigError, UnknownNameError
 from pipeline_src.registry import Registry
 
 LOSSES = Registry(
@@ -56,19 +57,19 @@ def build_loss(terms: Mapping[str, float], options: Mapping[str, Mapping[str, An
     from pipeline_src.losses.combined import CombinedLoss
 
     if not isinstance(terms, Mapping) or not terms:
-        raise ValueError(f"loss terms must be a non-empty mapping name -> weight, got {terms!r}; "
-                         f"known names: {', '.join(LOSSES.names())}")
+        raise ConfigError(f"loss terms must be a non-empty mapping name -> weight, got {terms!r}; "
+                          f"known names: {', '.join(LOSSES.names())}")
     # Options are recipe-level construction arguments: they may cover losses this phase does not use
     # (KPAC's perceptual weights in its MAE-only phase), but they must name registered losses.
     options = dict(options or {})
     unknown = sorted(name for name in options if name not in LOSSES)
     if unknown:
-        raise KeyError(f"loss options given for unknown losses {unknown}; known: {', '.join(LOSSES.names())}")
+        raise UnknownNameError(f"loss options given for unknown losses {unknown}; known: {', '.join(LOSSES.names())}")
     modules, weights = {}, {}
     for name, weight in terms.items():
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) \
                 or weight < 0:
-            raise ValueError(f"loss term {name!r}: weight {weight!r}; expected a finite number >= 0")
+            raise ConfigError(f"loss term {name!r}: weight {weight!r}; expected a finite number >= 0")
         modules[name] = LOSSES.build(name, **dict(options.get(name, {})))
         weights[name] = float(weight)
     return CombinedLoss(modules, weights)

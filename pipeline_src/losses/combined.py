@@ -6,6 +6,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from pipeline_src.errors import ConfigError
+
 
 class _FunctionLoss(nn.Module):
     """Lets a builder return a plain function; ModuleDict holds modules only."""
@@ -33,7 +35,7 @@ class CombinedLoss(nn.Module):
     def __init__(self, terms: dict[str, Callable], weights: dict[str, float]):
         super().__init__()
         if set(terms) != set(weights):
-            raise ValueError(f"loss terms {sorted(terms)} and weights {sorted(weights)} name different losses")
+            raise ConfigError(f"loss terms {sorted(terms)} and weights {sorted(weights)} name different losses")
         self.terms = nn.ModuleDict({k: v if isinstance(v, nn.Module) else _FunctionLoss(v) for k, v in terms.items()})
         self.weights = dict(weights)
 

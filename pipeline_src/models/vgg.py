@@ -21,6 +21,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from pipeline_src.errors import CheckpointError, ConfigError
+
 log = logging.getLogger(__name__)
 
 # torchvision's configurations "D" (VGG16) and "E" (VGG19): conv widths, "M" = 2x2 max-pool
@@ -61,7 +63,7 @@ def layer_names(arch: str) -> dict[str, int]:
     max-pool.
     """
     if arch not in CONFIGS:
-        raise ValueError(f"unknown VGG architecture {arch!r}; accepted: {sorted(CONFIGS)}")
+        raise ConfigError(f"unknown VGG architecture {arch!r}; accepted: {sorted(CONFIGS)}")
     names: dict[str, int] = {}
     index, block, conv = 0, 1, 0
     for item in CONFIGS[arch]:
@@ -101,7 +103,7 @@ class VGGFeatures(nn.Module):
         taps = tuple(taps)
         unknown = [t for t in taps if t not in names]
         if not taps or unknown:
-            raise ValueError(f"{arch} taps {list(taps)}: unknown {unknown}; accepted: {list(names)}")
+            raise ConfigError(f"{arch} taps {list(taps)}: unknown {unknown}; accepted: {list(names)}")
         self.arch = arch
         self.taps = taps
         self._tap_index = {t: names[t] for t in taps}
@@ -154,16 +156,17 @@ def verify_sha256(path: Path, expected_sha256: str | None = None, sha256_prefix:
     if expected_sha256 is None and sha256_prefix is None:
         found = _NAME_HASH.findall(path.name)
         if not found:
-            raise ValueError(
+            raise CheckpointError(
                 f"{path}: no hash to verify against; pass expected_sha256 / sha256_prefix, or keep torchvision's "
                 f"file name with the SHA-256 prefix in it (e.g. {TORCHVISION_WEIGHTS['vgg19'].file_name})"
             )
         sha256_prefix = found[-1]
     actual = sha256_file(path)
     if expected_sha256 is not None and actual != expected_sha256.lower():
-        raise ValueError(f"{path}: SHA-256 is {actual}, expected {expected_sha256.lower()} (corrupt or wrong file)")
+        raise CheckpointError(f"{path}: SHA-256 is {actual}, expected {expected_sha256.lower()} "
+                              "(corrupt or wrong file; fetch it again)")
     if sha256_prefix is not None and not actual.startswith(sha256_prefix.lower()):
-        raise ValueError(
+        raise CheckpointError(
             f"{path}: SHA-256 {actual} does not start with {sha256_prefix.lower()} (corrupt, truncated or wrong file)"
         )
     return actual
@@ -179,30 +182,30 @@ def load_vgg_weights(model: VGGFeatures, path: str | os.PathLike, expected_sha25
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(
+        raise CheckpointError(
             f"VGG weight file {path} does not exist; fetch it with `python -m pipeline_src fetch {model.arch}`"
         )
     digest = verify_sha256(path, expected_sha256, sha256_prefix)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # re-raised with the file name; torch's message alone does not say which file
-        raise ValueError(f"{path}: cannot be read as a PyTorch state dict ({type(e).__name__}: {e})") from e
+        raise CheckpointError(f"{path}: cannot be read as a PyTorch state dict ({type(e).__name__}: {e})") from e
     if not isinstance(state, dict):
-        raise ValueError(f"{path}: holds a {type(state).__name__}, expected a state dict (name -> tensor)")
+        raise CheckpointError(f"{path}: holds a {type(state).__name__}, expected a state dict (name -> tensor)")
 
     full_arch_keys = _conv_param_keys(model.arch)
     wanted = model.state_dict()
     unexpected = sorted(k for k in state if not k.startswith("classifier.") and k not in full_arch_keys)
     missing = sorted(k for k in wanted if k not in state)
     if unexpected or missing:
-        raise ValueError(
+        raise CheckpointError(
             f"{path}: not a torchvision {model.arch} state dict; missing keys {missing[:8]}, "
             f"unexpected keys {unexpected[:8]}"
         )
     wrong_shape = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
                    for k, v in wanted.items() if tuple(state[k].shape) != tuple(v.shape)]
     if wrong_shape:
-        raise ValueError(f"{path}: shapes differ from {model.arch}: {wrong_shape[:8]}")
+        raise CheckpointError(f"{path}: shapes differ from {model.arch}: {wrong_shape[:8]}")
     model.load_state_dict({k: state[k] for k in wanted}, strict=True)
     log.info("loaded %s weights from %s (sha256 %s)", model.arch, path, digest)
     return digest

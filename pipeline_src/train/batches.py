@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline_src.errors import DataError
+
 
 def target_key(model) -> str:
     return "mask" if getattr(model, "task", "restoration") == "detection" else "target"
@@ -31,7 +33,7 @@ def validation_batches(patch_dir: Path, model, count: int) -> list[dict[str, tor
 
     val = PatchDataset(patch_dir, "val", keys=[*model.input_views, target_key(model)], crop=None, seed=0)
     if len(val) == 0:
-        raise ValueError(f"{patch_dir}: no validation patches; the val split needs at least one sample")
+        raise DataError(f"{patch_dir}: no validation patches; the val split needs at least one sample")
     return [{k: v.unsqueeze(0) for k, v in val[i].items()} for i in range(min(count, len(val)))]
 
 

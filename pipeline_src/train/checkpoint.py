@@ -1,7 +1,7 @@
 """Training state: everything a killed run needs to continue exactly where it stopped.
 
 `last.pt` (rolling, every `ckpt_every` steps) holds model, optimiser, AMP scaler, the step, the data position
-(epoch and batches consumed in it), RNG states (python, numpy, torch CPU and CUDA) and the MLflow run id.
+(epoch and batches consumed in it), the run's identity (what must match to resume), RNG states (python, numpy, torch CPU and CUDA) and the MLflow run id.
 Written atomically (temp file + rename), loaded with `weights_only=True`. RNG states are stored as tensors or
 plain lists so that the safe loader accepts them.
 """
@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import os
 import random
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from pipeline_src.errors import CheckpointError
 from pipeline_src.fileio import atomic_path
 
-STATE_FORMAT = 1
+STATE_FORMAT = 2  # 2: the run's identity (runner.resume_identity) instead of a config hash
 
 
 def rng_state() -> dict[str, Any]:
@@ -46,7 +46,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_training_state(path: str | os.PathLike, *, model, optimizer, scaler, step: int, epoch: int,
-                        batch_in_epoch: int, config_hash: str, mlflow_run_id: str | None,
+                        batch_in_epoch: int, identity: dict, mlflow_run_id: str | None,
                         extra: dict | None = None) -> None:
     state = {
         "format": STATE_FORMAT,
@@ -57,7 +57,7 @@ def save_training_state(path: str | os.PathLike, *, model, optimizer, scaler, st
         "epoch": epoch,
         "batch_in_epoch": batch_in_epoch,
         "rng": rng_state(),
-        "config_hash": config_hash,
+        "identity": identity,
         "mlflow_run_id": mlflow_run_id,
         "extra": extra or {},
     }
@@ -66,8 +66,9 @@ def save_training_state(path: str | os.PathLike, *, model, optimizer, scaler, st
 
 
 def load_training_state(path: str | os.PathLike) -> dict[str, Any]:
-    path = Path(path)
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    from pipeline_src.model_io import torch_load
+
+    state = torch_load(path, "training state")
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        raise ValueError(f"{path}: not a training state file (format {STATE_FORMAT})")
+        raise CheckpointError(f"{path}: not a training state file of this version (format {STATE_FORMAT})")
     return state

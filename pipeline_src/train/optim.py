@@ -1,6 +1,7 @@
 """Optimisers by name, with the arguments the recipe gives (betas, momentum, weight decay...)."""
 from __future__ import annotations
 
+from pipeline_src.errors import ConfigError
 from pipeline_src.registry import Registry
 
 OPTIMIZERS = Registry("optimizer")
@@ -29,4 +30,4 @@ def build_optimizer(spec: dict, params):
     try:
         return OPTIMIZERS.build(spec["name"], params, **args)
     except TypeError as e:
-        raise ValueError(f"optimizer {spec['name']!r}: bad arguments {args}: {e}") from e
+        raise ConfigError(f"optimizer {spec['name']!r}: bad arguments {args}: {e}") from e

@@ -5,17 +5,20 @@ optimiser, learning-rate schedule, batch, crop, augmentation, length, and whethe
 previous phase's weights. The runner:
   - seeds everything from (seed, phase) so a CPU run is reproducible bit for bit;
   - resumes from `last.pt` when one is there (written every `ckpt_every` steps), including the data position
-    and RNG states, so a run killed with SIGKILL ends with the same weights as one never interrupted;
+    and RNG states, so a run killed with SIGKILL ends with the same weights as one never interrupted — but only
+    when everything that shapes the run is identical (resolved recipe and option, phase, dataset, seed, the
+    data's content hashes, the starting weights, pretrained weights, world size, device type, precision);
+    otherwise it starts the phase over and says in one line what changed (`resume_identity`);
   - uses AMP (bf16, or fp16 with a scaler) and channels-last on CUDA, DDP under torchrun;
   - logs loss terms, lr, samples/s and periodic validation PSNR to MLflow, with sample images;
-  - writes `final.pt` (the model file later stages read) atomically at the end.
+  - writes `phase.json` and `final.pt` (the model file later stages read) together at the end, final.pt last,
+    so that a kill at any point leaves either both or neither.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
-import math
 import random
 import sys
 import time
@@ -26,8 +29,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline_src.fileio import atomic_write_json, sha256_file
-from pipeline_src.model_io import load_model_file, model_record, save_model_file
+from pipeline_src.errors import CheckpointError, ConfigError, DataError
+from pipeline_src.fileio import discard_outputs, output_set, sha256_file
+from pipeline_src.model_io import load_model_file, load_weights, model_record
 from pipeline_src.models import build_model
 from pipeline_src.tracking import NullTracker, start_run
 from pipeline_src.train import batches as batch_io
@@ -86,7 +90,7 @@ def pick_device(requested: str, dist: DistInfo) -> torch.device:
         requested = "cuda" if torch.cuda.is_available() else "cpu"
     if requested == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError("--device cuda asked for, but torch sees no CUDA device")
+            raise ConfigError("--device cuda asked for, but torch sees no CUDA device")
         return torch.device("cuda", dist.local_rank)
     return torch.device(requested)
 
@@ -103,10 +107,55 @@ def amp_dtype(phase: dict, device: torch.device) -> torch.dtype | None:
     return torch.float16
 
 
-def _config_hash(job: PhaseJob, manifest_sha: str) -> str:
-    key = {"recipe": job.recipe, "phase": job.phase, "dataset": job.dataset, "seed": job.seed,
-           "manifest": manifest_sha}
-    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+def resume_identity(job: PhaseJob, *, manifest_sha: str, patches_sha: str, init: dict, pretrained: dict,
+                    world_size: int, device: torch.device, amp: torch.dtype | None) -> dict:
+    """Everything that shapes a phase's run: a `last.pt` is resumed only when its identity equals this one."""
+    as_json = (lambda v: json.loads(json.dumps(v, sort_keys=True, default=str)))
+    return {
+        # the recipe's own fields and this phase's (another phase's settings do not matter to this one, nor
+        # where the recipe file lies)
+        "recipe": as_json({k: v for k, v in job.recipe.items() if k not in ("phases", "recipe_file")}),
+        "phase": job.phase, "phase_settings": as_json(job.recipe["phases"][job.phase - 1]),
+        "dataset": job.dataset, "seed": job.seed,
+        "data": {"manifest_sha256": manifest_sha, "patches_meta_sha256": patches_sha},
+        "init": {k: v for k, v in init.items() if k != "path"},
+        "pretrained": pretrained,
+        "world_size": world_size, "device": device.type, "amp": str(amp).replace("torch.", "") if amp else "off",
+    }
+
+
+def identity_change(old: dict, new: dict, limit: int = 3) -> str | None:
+    """None when equal, else a short account of what differs, e.g. 'seed 0 -> 1; data.manifest_sha256 ...'."""
+    diffs = list(_differences(old, new))
+    if not diffs:
+        return None
+    return "; ".join(diffs[:limit]) + (f"; and {len(diffs) - limit} more" if len(diffs) > limit else "")
+
+
+def _differences(old, new, prefix: str = ""):
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in list(new) + [k for k in old if k not in new]:
+            if old.get(key) != new.get(key):
+                yield from _differences(old.get(key), new.get(key), f"{prefix}{key}.")
+        return
+    shorten = (lambda v: (s if len(s := json.dumps(v, sort_keys=True, default=str)) <= 24 else s[:20] + "..."))
+    yield f"{prefix.rstrip('.')} {shorten(old)} -> {shorten(new)}"
+
+
+def _resume_state(last_path: Path, identity: dict, restart: bool) -> tuple[dict | None, str | None]:
+    """The training state to resume, or None with the reason the phase starts over (None: nothing to say)."""
+    if restart:
+        return None, "--restart" if last_path.exists() else None
+    if not last_path.exists():
+        return None, None
+    try:
+        state = load_training_state(last_path)
+    except CheckpointError as exc:  # truncated, foreign, or from an older version: a cache, not an input
+        return None, str(exc)
+    change = identity_change(state["identity"], identity)
+    if change is not None:
+        return None, f"{last_path} was trained with another configuration or data: {change}"
+    return state, None
 
 
 class _Progress:
@@ -148,8 +197,11 @@ def _run_phase(job: PhaseJob, dist: DistInfo) -> dict[str, Any]:
     out = Path(job.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     last_path, final_path = out / "last.pt", out / "final.pt"
+    discard_outputs([out / "phase.json", final_path])  # being replaced: never left beside a new run's state
     manifest_sha = manifest_sha256(job.manifest)
-    config_hash = _config_hash(job, manifest_sha)
+    patches_meta = Path(job.patches) / "meta.json"
+    if not patches_meta.is_file():
+        raise DataError(f"{patches_meta}: no patch metadata; run `python -m pipeline_src patches` first")
 
     # --- model: same seed -> same initial weights; phase k>1 starts from phase k-1's final weights
     seed_everything(model_seed(job.seed, job.phase))
@@ -160,12 +212,13 @@ def _run_phase(job: PhaseJob, dist: DistInfo) -> dict[str, Any]:
         if phase["init"] == "scratch" else {}
     if phase["init"] == "previous":
         if job.prev_final is None:
-            raise ValueError(f"phase {job.phase} ({phase['name']}) starts from the previous phase, "
-                             f"but no --init-from final.pt was given")
+            raise ConfigError(f"phase {job.phase} ({phase['name']}) starts from the previous phase, "
+                              f"but no --init-from final.pt was given")
         prev = load_model_file(job.prev_final)
         if prev["model"] != {"name": model_spec["name"], "args": model_spec.get("args", {})}:
-            raise ValueError(f"{job.prev_final}: holds model {prev['model']}, phase {job.phase} trains {model_spec}")
-        model.load_state_dict(prev["state_dict"])
+            raise CheckpointError(f"{job.prev_final}: holds model {prev['model']}, phase {job.phase} trains "
+                                  f"{model_spec}; rerun the previous phase of this recipe")
+        load_weights(model, prev["state_dict"], job.prev_final, model_spec["name"])
         init_info.update(path=str(job.prev_final), sha256=sha256_file(job.prev_final), state_digest=state_digest(model))
     model.to(device)
     if device.type == "cuda" and phase.get("channels_last", True):
@@ -186,13 +239,14 @@ def _run_phase(job: PhaseJob, dist: DistInfo) -> dict[str, Any]:
     dtype = amp_dtype(phase, device)
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
 
-    # --- resume
-    step, epoch, batch_in_epoch, run_id = 0, 0, 0, None
-    if last_path.exists() and not job.restart:
-        state = load_training_state(last_path)
-        if state["config_hash"] != config_hash:
-            raise ValueError(f"{last_path}: was written by a different configuration (recipe, phase, dataset or "
-                             f"seed changed); delete it or pass --restart to start this phase over")
+    # --- resume: only a run of the very same configuration and data continues; anything else starts over
+    pretrained = batch_io.pretrained_flags(loss_fn)
+    identity = resume_identity(job, manifest_sha=manifest_sha, patches_sha=sha256_file(patches_meta),
+                               init={**init_info, **backbone_tags}, pretrained=pretrained,
+                               world_size=dist.world_size, device=device, amp=dtype)
+    step, epoch, batch_in_epoch, run_id, val = 0, 0, 0, None, {}
+    state, restart_reason = _resume_state(last_path, identity, job.restart)
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if scaler is not None and state["scaler"] is not None:
@@ -201,13 +255,16 @@ def _run_phase(job: PhaseJob, dist: DistInfo) -> dict[str, Any]:
         step, epoch, batch_in_epoch, run_id = (state["step"], state["epoch"], state["batch_in_epoch"],
                                                state["mlflow_run_id"])
         init_info = state["extra"].get("init", init_info)
+        val = state["extra"].get("validation", {})
         if dist.is_main:
             print(f"resuming {last_path} at step {step}/{total_steps} (epoch {epoch}, batch {batch_in_epoch})",
                   file=sys.stderr)
+    elif restart_reason and dist.is_main:
+        print(f"starting phase {job.phase} of {job.recipe_name} on {job.dataset} over: {restart_reason}",
+              file=sys.stderr)
 
     # --- tracking (rank 0 only)
     name = f"train/{job.recipe_name}/{job.dataset}/phase{job.phase}"
-    pretrained = batch_io.pretrained_flags(loss_fn)
     tags = {"pipeline.role": "train", "paper": job.recipe["paper"], "recipe": job.recipe_name,
             "dataset": job.dataset, "phase": str(job.phase), "phase.name": phase["name"],
             "preset": job.recipe["preset"], "device": str(device), "torch.version": torch.__version__,
@@ -235,7 +292,6 @@ def _run_phase(job: PhaseJob, dist: DistInfo) -> dict[str, Any]:
     progress = _Progress(total_steps, step, name, enabled=dist.is_main)
     window: dict[str, float] = {}
     window_n, window_t0 = 0, time.perf_counter()
-    val = {}
     try:
         while step < total_steps:
             train_set.set_epoch(epoch)
@@ -285,13 +341,15 @@ def _run_phase(job: PhaseJob, dist: DistInfo) -> dict[str, Any]:
                     tracker.log_metrics(val, step)
                 if dist.is_main and (step % every["ckpt_every"] == 0 or step == total_steps):
                     save_training_state(last_path, model=model, optimizer=optimizer, scaler=scaler, step=step,
-                                        epoch=epoch, batch_in_epoch=batch_in_epoch, config_hash=config_hash,
-                                        mlflow_run_id=tracker.run_id, extra={"init": init_info})
+                                        epoch=epoch, batch_in_epoch=batch_in_epoch, identity=identity,
+                                        mlflow_run_id=tracker.run_id, extra={"init": init_info, "validation": val})
                 if dist.is_main and (step % every["image_every"] == 0 or step == total_steps):
                     tracker.log_image(batch_io.sample_strip(model, val_batches, device), f"samples/step_{step:07d}.png")
                 if step >= total_steps:
                     break
         progress.close()
+        if not val:  # a validation lost with a kill between the last checkpoint and the end: it is deterministic
+            val = batch_io.validate(model, val_batches, device)
         summary = _finish(job, model, phase, step, total_steps, val, init_info, tracker, final_path, dist)
     except BaseException:
         progress.close()
@@ -312,8 +370,10 @@ def _finish(job, model, phase, step, total_steps, val, init_info, tracker, final
         record.update(paper=job.recipe["paper"], recipe=job.recipe_name, dataset=job.dataset, phase=job.phase,
                       step=step, config=json.loads(json.dumps(job.recipe, default=str)),
                       mlflow_run_id=tracker.run_id, init=init_info, protocol=job.recipe["protocol"])
-        save_model_file(final_path, record)
-        atomic_write_json(final_path.with_name("phase.json"), summary)
-        tracker.log_artifact(final_path.with_name("phase.json"))
+        summary_path = final_path.with_name("phase.json")
+        with output_set([summary_path, final_path]) as tmp:  # final.pt, the file later stages read, last
+            tmp[summary_path].write_text(json.dumps(summary, indent=2) + "\n")
+            torch.save(record, tmp[final_path])
+        tracker.log_artifact(summary_path)
         tracker.log_metrics({"final/" + k.split("/", 1)[-1]: v for k, v in val.items()}, step)
     return summary

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from pipeline_src.errors import ConfigError
+
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch, 0x5EED]).permutation(n)
@@ -16,8 +18,8 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
 def batches_per_epoch(n: int, batch_size: int, world_size: int = 1) -> int:
     per = n // (batch_size * world_size)
     if per == 0:
-        raise ValueError(f"{n} training patches cannot fill one batch of {batch_size} x {world_size} rank(s): "
-                         f"lower batch_size or cut more patches (smaller stride)")
+        raise ConfigError(f"{n} training patches cannot fill one batch of {batch_size} x {world_size} rank(s): "
+                          f"lower batch_size or cut more patches (smaller stride)")
     return per
 
 

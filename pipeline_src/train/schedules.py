@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from typing import Callable
 
+from pipeline_src.errors import ConfigError
 from pipeline_src.registry import Registry
 
 SCHEDULES = Registry("lr schedule")
@@ -23,7 +24,7 @@ def step_decay(total_steps: int, steps_per_epoch: int, every_epochs: float | Non
                every_steps: int | None = None, gamma: float = 0.5) -> Callable[[int], float]:
     """Multiply by `gamma` every N epochs (ATTSF: halve every 20) or every N steps."""
     if (every_epochs is None) == (every_steps is None):
-        raise ValueError("schedule 'step' needs exactly one of every_epochs / every_steps")
+        raise ConfigError("schedule 'step' needs exactly one of every_epochs / every_steps")
     period = every_steps if every_steps is not None else max(1, round(every_epochs * steps_per_epoch))
     return lambda step: gamma ** (step // period)
 
@@ -42,4 +43,4 @@ def build_schedule(spec: dict, total_steps: int, steps_per_epoch: int) -> Callab
     try:
         return SCHEDULES.build(spec["name"], total_steps, steps_per_epoch, **args)
     except TypeError as e:
-        raise ValueError(f"schedule {spec['name']!r}: bad arguments {args}: {e}") from e
+        raise ConfigError(f"schedule {spec['name']!r}: bad arguments {args}: {e}") from e

@@ -15,7 +15,7 @@ def test_training_state_round_trip_restores_rng_and_optimizer(tmp_path):
     random.seed(5); np.random.seed(6); torch.manual_seed(7)
     path = tmp_path / "last.pt"
     save_training_state(path, model=model, optimizer=opt, scaler=None, step=12, epoch=1, batch_in_epoch=3,
-                        config_hash="abc", mlflow_run_id=None)
+                        identity={"seed": 0}, mlflow_run_id=None)
     expected = (random.random(), float(np.random.rand()), float(torch.rand(1)))
 
     state = load_training_state(path)  # weights_only=True inside

@@ -71,14 +71,81 @@ def test_killed_run_resumes_and_ends_with_the_same_weights(defocus_data, tmp_pat
     assert resumed["validation"] == straight["validation"]
 
 
-def test_resume_refuses_a_checkpoint_from_another_configuration(defocus_data, tmp_path):
+def _digest(out):
+    return json.loads((out / "phase.json").read_text())["final_state_digest"]
+
+
+def _one_pixel_changed_copy(data, base):
+    """The same tree with one pixel of one training target changed, indexed and cut into patches again."""
+    import shutil
+
+    import cv2
+
+    raw = base / "raw"
+    shutil.copytree(data["manifest"].parent / "raw", raw)
+    target = sorted((raw / "train_c" / "target").glob("*.png"))[0]
+    img = cv2.imread(str(target), cv2.IMREAD_UNCHANGED)
+    img[5, 7, 1] = img[5, 7, 1] ^ 1
+    cv2.imwrite(str(target), img)
+    cli("index", "synth", "--layout", "dpdd", "--root", raw, "--out", base / "manifest.json")
+    cli("patches", "--manifest", base / "manifest.json", "--out", base / "patches", "--preset", "smoke")
+    return {"manifest": base / "manifest.json", "patches": base / "patches"}
+
+
+def test_resume_only_on_identical_configuration_and_data_else_start_over_and_say_why(defocus_data, tmp_path):
+    """The stale-resume fault: a last.pt of another seed, recipe value or data must never be continued (an
+    orchestrator reran the phase because something changed); an identical rerun resumes bit-identically."""
+    recipe = write_recipe(tmp_path / "a.yaml", iterations=4, ckpt_every=2)
     out = tmp_path / "run"
-    cli(*train_args(defocus_data, write_recipe(tmp_path / "a.yaml", iterations=4, ckpt_every=2), out),
-        env=NO_TRACKING)
+    cli(*train_args(defocus_data, recipe, out), env=NO_TRACKING)
+    straight = _digest(out)
+
+    # identical rerun (final.pt deleted, as Snakemake and DVC do before rerunning a job): resumes at the end
     (out / "final.pt").unlink()
-    r = cli(*train_args(defocus_data, write_recipe(tmp_path / "a.yaml", iterations=6, ckpt_every=2), out),
-            env=NO_TRACKING, check=False)
-    assert r.returncode != 0 and "different configuration" in r.stderr and "--restart" in r.stderr
+    r = cli(*train_args(defocus_data, recipe, out), env=NO_TRACKING)
+    assert "resuming" in r.stderr and "step 4/4" in r.stderr and _digest(out) == straight
+    assert json.loads((out / "phase.json").read_text())["validation"]["val/psnr"] > 0
+
+    def rerun(data, recipe_path, *extra):
+        r = cli(*train_args(data, recipe_path, out, 1, *extra), env=NO_TRACKING)
+        assert "resuming" not in r.stderr
+        return r.stderr, _digest(out)
+
+    # one recipe value
+    changed = write_recipe(tmp_path / "b.yaml", iterations=4, ckpt_every=2, optimizer={"name": "adam", "lr": 2e-4})
+    why, digest = rerun(defocus_data, changed)
+    assert "starting phase 1 of b on synth over" in why and "phase_settings.optimizer.lr" in why
+    assert digest != straight
+    cli(*train_args(defocus_data, changed, tmp_path / "fresh-lr"), env=NO_TRACKING)
+    assert digest == _digest(tmp_path / "fresh-lr")  # exactly a fresh run: nothing of the old state mixed in
+
+    # one seed (the train command's last --seed wins, as argparse does)
+    why, digest = rerun(defocus_data, recipe, "--seed", "1")
+    assert "over:" in why and "seed 0 -> 1" in why and digest not in (straight,)
+
+    # one pixel of the data: the manifest hashes content, so the identity changes
+    pixel = _one_pixel_changed_copy(defocus_data, tmp_path / "pixel")
+    assert sha256_file(pixel["manifest"]) != sha256_file(defocus_data["manifest"])
+    why, digest = rerun(pixel, recipe)
+    assert "over:" in why and "data.manifest_sha256" in why
+    cli(*train_args(pixel, recipe, tmp_path / "fresh-pixel"), env=NO_TRACKING)
+    assert digest == _digest(tmp_path / "fresh-pixel")
+
+    # --restart forces a fresh start even on an identical configuration
+    (out / "final.pt").unlink()
+    r = cli(*train_args(pixel, recipe, out, 1, "--restart"), env=NO_TRACKING)
+    assert "over: --restart" in r.stderr and _digest(out) == _digest(tmp_path / "fresh-pixel")
+
+
+def test_a_truncated_last_pt_is_set_aside_with_a_reason_and_the_phase_starts_over(defocus_data, tmp_path):
+    recipe = write_recipe(tmp_path / "a.yaml", iterations=2, ckpt_every=2)
+    out = tmp_path / "run"
+    cli(*train_args(defocus_data, recipe, out), env=NO_TRACKING)
+    digest = _digest(out)
+    data = (out / "last.pt").read_bytes()
+    (out / "last.pt").write_bytes(data[: len(data) // 2])
+    r = cli(*train_args(defocus_data, recipe, out), env=NO_TRACKING)
+    assert "over:" in r.stderr and "last.pt: unreadable training state" in r.stderr and _digest(out) == digest
 
 
 def test_ddp_with_two_cpu_processes_on_gloo(defocus_data, tmp_path):
