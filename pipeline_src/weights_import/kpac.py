@@ -12,7 +12,8 @@ Facts from the authors' repository (HyeongseokSon1/KPAC at 8603ec3, the commit t
 - Layouts: conv kernels are HWIO (-> PyTorch OIHW); transposed-conv kernels are H x W x out x in (->
   ConvTranspose2d's in x out x H x W); biases are vectors. Both kernel moves are the permutation (3, 2, 0, 1).
 - The graph pads its stride-2 convs as TF 'SAME' (0 before, 1 after on even sizes): the imported model sets
-  `stride2_padding: tf_same`. With `symmetric` the output moves by up to 0.03 (fixture check, tests/).
+  `stride2_padding: tf_same`; with `symmetric` the same weights miss the authors' output by more than 1e-3
+  (tests/weights_import/test_kpac_import.py).
 - Protocols (what the authors' own evaluation does): single-image models read 8-bit sources (`dpdd_single_8bit`);
   `main_eval_dual.py` reads C, L and R as 8-bit images too (`scipy.misc.imread(mode='RGB')`), hence
   `dpdd_dual_8bit` for the dual model, not the 16-bit protocol DPDNet's dual-pixel numbers use.

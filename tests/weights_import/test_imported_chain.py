@@ -21,7 +21,7 @@ def chain(tmp_path_factory):
     ckpt = root / "runs/kpac/authors/final.pt"
     assert cli_main(["import-weights", "kpac_single_2level", "--file", str(fixture("single_2level")),
                      "--out", str(ckpt)]) == 0
-    # 8-bit views, 76 x 108 (a multiple of 4): the test images the quantize stage scores go through whole
+    # a tiny 8-bit DPDD-layout set (tests/export/conftest.py): two 76 x 108 test images, 48-px train patches
     manifest, patches = make_dataset(root / "data", size_hw=(76, 108), n_test=2, n_patches=16, patch=48)
     cfg = root / "export.yaml"
     cfg.write_text(EXPORT_CONFIG.read_text().replace("config/tensorrt_onnx_ops.yaml", str(OP_TABLE)))

@@ -28,12 +28,13 @@ TRAIN_PHASE_JSON_KEYS = {"paper", "recipe", "dataset", "phase", "phase_name", "p
 
 @pytest.fixture(scope="module")
 def imported(tmp_path_factory):
-    """Each fixture file imported through the real CLI: NAME -> its final.pt."""
+    """Each fixture file imported through the real CLI, checked against its reference output: NAME -> final.pt."""
     root = tmp_path_factory.mktemp("imported")
     out = {}
     for name, (stem, _) in CASES.items():
         out[name] = root / name / "final.pt"
-        assert cli_main(["import-weights", name, "--file", str(fixture(stem)), "--out", str(out[name])]) == 0
+        assert cli_main(["import-weights", name, "--file", str(fixture(stem)), "--out", str(out[name]),
+                         "--check-against", str(FIXTURES / f"{stem}_io.npz")]) == 0
     return out
 
 
@@ -87,6 +88,9 @@ def test_model_file_records_every_argument_the_protocol_and_the_provenance(impor
     # the fixtures are random weights in the authors' format, not the released bytes: recorded as such
     assert prov["file_git_blob"] == git_blob_id(fixture(stem)) != prov["release_git_blob"]
     assert prov["matches_release"] is False
+    check = prov["reference_check"]
+    assert check["passed"] and check["max_abs_diff"] < 1e-5 and check["size"] == "96x64"
+    assert check["file"] == str(FIXTURES / f"{stem}_io.npz")
     assert record["init"] == {"mode": "authors_release", "path": str(fixture(stem)), "sha256": prov["sha256"],
                               "state_digest": record["init"]["state_digest"]}
 
@@ -182,6 +186,25 @@ def test_a_truncated_file_and_a_bad_out_path_end_in_one_line(tmp_path, capsys):
     assert "--out" in err and "ending in .pt" in err
 
 
+def test_check_against_another_graphs_output_fails_and_writes_nothing(tmp_path, capsys):
+    err = _import_fails_with(capsys, ["import-weights", "kpac_single_3level", "--file", str(fixture("single_3level")),
+                                      "--check-against", str(FIXTURES / "single_2level_io.npz")], tmp_path)
+    assert "single_2level_io.npz: the imported model differs from the authors' output by" in err
+    reference = tmp_path / "no_views.npz"
+    np.savez(reference, output=np.zeros((1, 8, 8, 3), np.float32))
+    err = _import_fails_with(capsys, ["import-weights", "kpac_dual", "--file", str(fixture("dual")),
+                                      "--check-against", str(reference)], tmp_path)
+    assert "no_views.npz: no array 'l'; a reference holds the views ['l', 'r', 'c'] and `output`" in err
+
+
+def _import_fails_with(capsys, argv, tmp_path) -> str:
+    out = tmp_path / "final.pt"
+    assert cli_main([*argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and not out.exists()
+    return err
+
+
 def test_tracking_on_records_the_provenance_in_an_mlflow_run(tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
@@ -192,7 +215,7 @@ def test_tracking_on_records_the_provenance_in_an_mlflow_run(tmp_path, monkeypat
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "run" / "final.pt"
     assert cli_main(["import-weights", "kpac_single_2level", "--file", str(fixture("single_2level")),
-                     "--out", str(out)]) == 0
+                     "--check-against", str(FIXTURES / "single_2level_io.npz"), "--out", str(out)]) == 0
     record = load_model_file(out)
     client = MlflowClient(uri)
     (run,) = client.search_runs([client.get_experiment_by_name("import-test").experiment_id])
@@ -203,3 +226,4 @@ def test_tracking_on_records_the_provenance_in_an_mlflow_run(tmp_path, monkeypat
     assert params["provenance.repository"] == "https://github.com/HyeongseokSon1/KPAC"
     assert params["model.args.stride2_padding"] == "tf_same"
     assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["phase.json"]
+    assert run.data.metrics["reference/max_abs_diff"] == record["provenance"]["reference_check"]["max_abs_diff"]
