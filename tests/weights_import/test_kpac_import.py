@@ -227,3 +227,19 @@ def test_tracking_on_records_the_provenance_in_an_mlflow_run(tmp_path, monkeypat
     assert params["model.args.stride2_padding"] == "tf_same"
     assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["phase.json"]
     assert run.data.metrics["reference/max_abs_diff"] == record["provenance"]["reference_check"]["max_abs_diff"]
+
+
+def test_a_kill_before_final_pt_is_committed_leaves_no_model_file_and_a_rerun_completes(tmp_path):
+    """final.pt is the marker of the set: killed just before its rename, no final.pt exists (phase.json may)."""
+    import os
+    import sys
+
+    out = tmp_path / "authors" / "final.pt"
+    cmd = [sys.executable, "-m", "pipeline_src", "import-weights", "kpac_single_2level",
+           "--file", str(fixture("single_2level")), "--out", str(out)]
+    env = {**os.environ, "PIPELINE_TRACKING": "0", "OMP_NUM_THREADS": "1"}
+    killed = subprocess.run(cmd, env={**env, "PIPELINE_KILL_AT": "2"}, capture_output=True, text=True)
+    assert killed.returncode == -9 and not out.exists()
+    assert subprocess.run(cmd, env=env, capture_output=True, text=True).returncode == 0
+    assert load_model_file(out)["provenance"]["import"] == "kpac_single_2level"
+    assert sorted(p.name for p in out.parent.iterdir()) == ["final.pt", "phase.json"]  # no temporary left over
