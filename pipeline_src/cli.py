@@ -28,6 +28,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "patches": ("pipeline_src.data.patches", "cut sliding-window training patches into memory-mappable arrays"),
     "mlflow-init": ("pipeline_src.tracking", "create the MLflow store and experiment once, before parallel jobs"),
     "train": ("pipeline_src.train.cli", "run one training phase of one model on one dataset"),
+    "import-weights": ("pipeline_src.weights_import.cli", "import an author's released weights (KPAC npz) into a final.pt"),
     "evaluate": ("pipeline_src.evaluate.cli", "evaluate a checkpoint with its paper's protocol"),
     "report": ("pipeline_src.evaluate.report", "write the paper-versus-ours report and plots"),
     "export-onnx": ("pipeline_src.export.onnx_export", "export a checkpoint to ONNX with a parity check and op audit"),

@@ -4,10 +4,17 @@ Son, Lee, Cho, Lee, ICCV 2021. Layer for layer as the authors' TensorFlow code (
 `model.py`: `Defocus_Deblur_Net6_ms` = 2 levels, `_ds` = 3 levels, `_ds_dual` = dual pixel); the tables are in
 reference/PAPERS.md §1. Parameter counts match the code exactly: 1,578,277 / 2,057,893 / 2,061,493.
 
-Porting choices (PAPERS.md §1.9): stride-2 convs pad symmetrically (TF 'SAME' pads bottom/right only; this only
-matters when importing TF weights, which are not published); a 4x4 stride-2 'SAME' deconv is exactly
-ConvTranspose2d(k=4, s=2, p=1). The output is not clipped: the authors clip only when writing PNGs, and clipping
-inside the model would stop the gradient of out-of-range pixels.
+Porting choices (PAPERS.md §1.9):
+- Stride-2 convs, argument `stride2_padding`. The authors' TF 'SAME' pads a 3x3 stride-2 conv on an even size
+  0 before and 1 after (bottom/right); `tf_same` does exactly that and is what the authors' released weights
+  need (`pretrained/single_2level.npz`, `single_3level.npz`, `dual.npz` in HyeongseokSon1/KPAC; the
+  `import-weights` stage sets it and matches the authors' graph to 1e-5, tests/weights_import/). `symmetric`
+  (1 and 1, PyTorch's usual padding=1) is the default, so checkpoints trained before the argument existed load
+  unchanged; for training from scratch the one-pixel phase shift does not matter. The model pads its input to
+  a multiple of 2^levels, so every stride-2 conv sees even sizes and the fixed (0, 1) pad is TF's exact rule.
+- A 4x4 stride-2 'SAME' deconv is exactly ConvTranspose2d(k=4, s=2, p=1) (TF pads it 1 and 1).
+- The output is not clipped: the authors clip only when writing PNGs, and clipping inside the model would stop
+  the gradient of out-of-range pixels.
 """
 from __future__ import annotations
 
@@ -30,6 +37,29 @@ def _lrelu(x: torch.Tensor) -> torch.Tensor:
 def _conv(cin: int, cout: int, k: int, stride: int = 1, dilation: int = 1) -> nn.Conv2d:
     # 'SAME' padding for odd kernels
     return nn.Conv2d(cin, cout, k, stride=stride, padding=dilation * (k // 2), dilation=dilation)
+
+
+class TFSameStride2Conv(nn.Conv2d):
+    """3x3 stride-2 conv padded as TF 'SAME' pads an even size: 0 rows/columns before, 1 after.
+
+    A Conv2d subclass, so its parameters keep the names `weight` and `bias` whatever the padding mode.
+    """
+
+    def __init__(self, cin: int, cout: int):
+        # TF 'SAME' on an even size n: pad total = (n/2 - 1) * 2 + 3 - n = 1, the odd one after
+        super().__init__(cin, cout, 3, stride=2, padding=0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(F.pad(x, (0, 1, 0, 1)))
+
+
+# `stride2_padding` -> the 3x3 stride-2 conv. "symmetric" = pad 1 and 1 (the default: checkpoints trained before
+# the argument existed load unchanged); "tf_same" = 0 before, 1 after (the authors' graph, needed by their weights)
+STRIDE2_CONVS = {
+    "symmetric": lambda cin, cout: _conv(cin, cout, 3, stride=2),
+    "tf_same": TFSameStride2Conv,
+}
+STRIDE2_PADDINGS = tuple(STRIDE2_CONVS)
 
 
 def _deconv(cin: int, cout: int) -> nn.ConvTranspose2d:
@@ -90,7 +120,8 @@ class KPAC(nn.Module):
     """Single-image KPAC; `levels` = 2 (`Defocus_Deblur_Net6_ms`) or 3 (`Defocus_Deblur_Net6_ds`).
 
     Input N x 3 x H x W in [0, 1]; output the same, computed in the authors' [-1, 1] space with a global
-    residual: out = (net(2x - 1) + (2x - 1) + 1) / 2.
+    residual: out = (net(2x - 1) + (2x - 1) + 1) / 2. `stride2_padding`: "symmetric" (default) or "tf_same"
+    (the authors' graph; see the module docstring).
     """
 
     input_views: tuple[str, ...] = ("c",)
@@ -99,7 +130,8 @@ class KPAC(nn.Module):
     conv_in_channels = 3
 
     def __init__(self, levels: int = 2, num_blocks: int = 2, channels: int = 48, kernel_size: int = 5,
-                 dilations: tuple[int, ...] = (1, 2, 3, 4, 5), init: str = "authors"):
+                 dilations: tuple[int, ...] = (1, 2, 3, 4, 5), init: str = "authors",
+                 stride2_padding: str = "symmetric"):
         super().__init__()
         if levels not in (2, 3):
             raise ValueError(f"KPAC levels={levels!r}: the paper's models have 2 or 3 encoder levels")
@@ -107,18 +139,21 @@ class KPAC(nn.Module):
             raise ValueError(f"KPAC num_blocks={num_blocks!r}: need at least one KPAC block")
         if init not in INIT_MODES:
             raise ValueError(f"KPAC init={init!r}: accepted {INIT_MODES}")
+        if stride2_padding not in STRIDE2_PADDINGS:
+            raise ValueError(f"KPAC stride2_padding={stride2_padding!r}: accepted {STRIDE2_PADDINGS}")
+        self.stride2_padding = stride2_padding
         self.levels = levels
         self.size_multiple = 2 ** levels
         c, c2 = channels, 2 * channels
 
         self.c0 = _conv(self.conv_in_channels, c, 5)
         self.c0_2 = _conv(c, c, 3)  # skip f1
-        self.c2 = _conv(c, c, 3, stride=2)
+        self.c2 = STRIDE2_CONVS[stride2_padding](c, c)
         self.c2_2 = _conv(c, c, 3)  # skip f2
-        self.c3 = _conv(c, c2, 3, stride=2)
+        self.c3 = STRIDE2_CONVS[stride2_padding](c, c2)
         self.c3_2 = _conv(c2, c2, 3)  # skip f3 in the 3-level model
         if levels == 3:
-            self.c4 = _conv(c2, c2, 3, stride=2)
+            self.c4 = STRIDE2_CONVS[stride2_padding](c2, c2)
             self.c4_2 = _conv(c2, c2, 3)
 
         self.blocks = nn.ModuleList(

@@ -110,3 +110,51 @@ def test_onnx_parity_at_sizes_not_used_at_export(name, kwargs, cin):
     torch.manual_seed(0)
     model = build_model(name, **kwargs)
     check_onnx_parity(model, cin, export_size=(21, 27), check_sizes=[(16, 24), (13, 34)])
+
+
+# ------------------------------------------------------------------ stride-2 padding (the authors' TF 'SAME')
+def test_default_stride2_padding_is_symmetric_so_older_checkpoints_load_unchanged():
+    torch.manual_seed(0)
+    old_style = build_model("kpac", levels=3)
+    assert old_style.stride2_padding == "symmetric"
+    assert [m.padding for m in (old_style.c2, old_style.c3, old_style.c4)] == [(1, 1)] * 3
+    tf_same = build_model("kpac", levels=3, stride2_padding="tf_same")
+    # the same parameter names and shapes: a state dict moves between the two modes as it is
+    assert {k: v.shape for k, v in old_style.state_dict().items()} == \
+        {k: v.shape for k, v in tf_same.state_dict().items()}
+    tf_same.load_state_dict(old_style.state_dict(), strict=True)
+
+
+@pytest.mark.parametrize("size", [(8, 12), (10, 6)])
+def test_tf_same_stride2_conv_pads_zero_before_and_one_after(size):
+    from pipeline_src.models.kpac import STRIDE2_CONVS
+
+    torch.manual_seed(0)
+    conv = STRIDE2_CONVS["tf_same"](4, 5)
+    x = torch.randn(1, 4, *size)
+    by_hand = torch.nn.functional.conv2d(torch.nn.functional.pad(x, (0, 1, 0, 1)), conv.weight, conv.bias, stride=2)
+    symmetric = torch.nn.functional.conv2d(x, conv.weight, conv.bias, stride=2, padding=1)
+    with torch.no_grad():
+        y = conv(x)
+    assert y.shape == (1, 5, size[0] // 2, size[1] // 2)  # TF 'SAME': ceil(n / 2)
+    assert torch.allclose(y, by_hand, atol=1e-6)
+    assert not torch.allclose(y, symmetric, atol=1e-3)  # a one-pixel phase shift, not a rounding difference
+
+
+@pytest.mark.parametrize("name,kwargs,cin,multiple,params", VARIANTS, ids=IDS)
+def test_tf_same_models_keep_the_count_and_the_contract_at_awkward_sizes(name, kwargs, cin, multiple, params):
+    torch.manual_seed(0)
+    model = build_model(name, stride2_padding="tf_same", **kwargs)
+    assert count_parameters(model) == params
+    check_forward_shapes(model, cin, [(16, 24), (13, 19)])
+
+
+def test_tf_same_exports_with_dynamic_size_and_passes_parity():
+    torch.manual_seed(0)
+    model = build_model("kpac", levels=3, stride2_padding="tf_same")
+    check_onnx_parity(model, 3, export_size=(21, 27), check_sizes=[(16, 24), (13, 34)])
+
+
+def test_an_unknown_stride2_padding_is_refused_with_the_accepted_values():
+    with pytest.raises(ValueError, match=r"stride2_padding='valid': accepted \('symmetric', 'tf_same'\)"):
+        build_model("kpac", stride2_padding="valid")
