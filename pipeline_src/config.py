@@ -60,10 +60,11 @@ def deep_merge(base: Any, override: Any) -> Any:
     return copy.deepcopy(override)
 
 
-def validate_schema(data: Any, schema_path: str | os.PathLike, what: str) -> None:
+def validate_schema(data: Any, schema: str | os.PathLike | dict, what: str) -> None:
+    """Validate against a JSON schema (a file, or the schema itself); every error names its field."""
     import jsonschema
 
-    schema = load_yaml(schema_path)
+    schema = schema if isinstance(schema, dict) else load_yaml(schema)
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
     if errors:
@@ -109,6 +110,16 @@ def preset_section(preset: str, section: str, root: str | os.PathLike | None = N
         raise ConfigError(f"config/presets.yaml: no section {preset}.{section}") from None
 
 
+def _preset_override_schema() -> dict:
+    """A recipe's `presets.<name>` section: phases holding only the keys a preset may change, each with the type
+    and bounds the recipe schema gives it (one definition: a preset's `batch_size: 0` fails like a recipe's)."""
+    phase = load_yaml(SCHEMAS / "recipe.schema.yaml")["$defs"]["phase"]
+    allowed = {k: v for k, v in phase["properties"].items() if k in PRESET_PHASE_KEYS}
+    return {"type": "object", "additionalProperties": False,
+            "properties": {"phases": {"type": "array", "items": {"type": "object", "additionalProperties": False,
+                                                                 "properties": allowed}}}}
+
+
 def load_recipe(path: str | os.PathLike, preset: str, option: str | None = None) -> dict:
     """A training recipe resolved for a preset (and a named option): the dict the phase runner executes."""
     path = Path(path)
@@ -130,10 +141,13 @@ def load_recipe(path: str | os.PathLike, preset: str, option: str | None = None)
                               f"not {sorted(bad)}: a preset never changes the recipe itself")
     if set(override) - {"phases"}:
         raise ConfigError(f"{path}: presets.{preset} may only hold `phases`, found {sorted(set(override) - {'phases'})}")
+    validate_schema(override, _preset_override_schema(), f"{path}: presets.{preset}")
     recipe = deep_merge(recipe, override)
     for phase, over in zip(recipe["phases"], override.get("phases", [])):
         if "length" in over:  # a length replaces the recipe's (epochs -> iterations is allowed), never merges
             phase["length"] = copy.deepcopy(over["length"])
+    # what the runner executes must itself be a valid recipe (an option's merge, a preset's values)
+    validate_schema(recipe, SCHEMAS / "recipe.schema.yaml", f"{path} (resolved for preset {preset}, option {option})")
     recipe["preset"] = preset
     recipe["option"] = option
     recipe["recipe_file"] = str(path)

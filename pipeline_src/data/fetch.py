@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from pipeline_src.data.registry import DatasetEntry, ManualSource, Registry, WeightEntry, load_registry
-from pipeline_src.errors import PipelineError
+from pipeline_src.errors import ConfigError, PipelineError
 
 DEFAULT_REGISTRY = "config/datasets.yaml"
 DEFAULT_ROOT = "data"
@@ -70,33 +70,19 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from pipeline_src.data.archive import ArchiveToolMissing, UnsafeArchiveError
-    from pipeline_src.data.download import DownloadError
-
-    try:
-        registry = load_registry(args.registry)
-    except (OSError, ValueError) as e:
-        print(f"fetch: {e}", file=sys.stderr)
-        return 1
+    registry = load_registry(args.registry)
     if args.list:
         print("\n".join(list_entries(registry, Path(args.root))))
         return 0
     if not args.name:
-        print(f"fetch: give a NAME or --list; known: {', '.join(registry.names())}", file=sys.stderr)
-        return 1
+        raise ConfigError(f"fetch: give a NAME or --list; known: {', '.join(registry.names())}")
     options = Options(root=Path(args.root), registry=Path(args.registry), mirror=args.mirror, force=args.force,
                       retries=args.retries, backoff_s=args.backoff, timeout_s=args.timeout)
     try:
         fetch(registry, args.name, options)
-    except ManualDownloadRequired as e:
+    except ManualDownloadRequired as e:  # instructions for a person, over several lines: printed as they are
         print(str(e), file=sys.stderr)
         return EXIT_MANUAL
-    except KeyError as e:
-        print(f"fetch: {e.args[0]}", file=sys.stderr)
-        return 1
-    except (FetchError, DownloadError, UnsafeArchiveError, ArchiveToolMissing) as e:
-        print(f"fetch {args.name}: {e}", file=sys.stderr)
-        return 1
     return 0
 
 

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Mapping
 
+from pipeline_src.errors import ConfigError, UnknownNameError, one_line
+
 TASKS = ("defocus_dual_pixel", "motion", "blur_detection", "defocus_single")
 LAYOUTS = ("dpdd", "gopro", "cuhk", "dut", "dvd", "kohler", "realdof")
 ARCHIVES = ("zip", "tar", "tar.gz", "rar", "file")
@@ -95,12 +97,13 @@ class Registry:
     def dataset(self, name: str) -> DatasetEntry:
         if name not in self.datasets:
             known = ", ".join(sorted(self.datasets))
-            raise KeyError(f"unknown dataset {name!r} in {self.path}; known datasets: {known}")
+            raise UnknownNameError(f"unknown dataset {name!r} in {self.path}; known datasets: {known}")
         return self.datasets[name]
 
     def weight(self, name: str) -> WeightEntry:
         if name not in self.weights:
-            raise KeyError(f"unknown weight {name!r} in {self.path}; known weights: {', '.join(sorted(self.weights))}")
+            raise UnknownNameError(f"unknown weight {name!r} in {self.path}; "
+                                   f"known weights: {', '.join(sorted(self.weights))}")
         return self.weights[name]
 
     def entry(self, name: str) -> DatasetEntry | WeightEntry:
@@ -109,7 +112,7 @@ class Registry:
             return self.datasets[name]
         if name in self.weights:
             return self.weights[name]
-        raise KeyError(f"unknown name {name!r} in {self.path}; known: {', '.join(self.names())}")
+        raise UnknownNameError(f"unknown name {name!r} in {self.path}; known: {', '.join(self.names())}")
 
 
 def load_registry(path: str | Path = "config/datasets.yaml") -> Registry:
@@ -117,9 +120,12 @@ def load_registry(path: str | Path = "config/datasets.yaml") -> Registry:
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"dataset registry {path} does not exist")
-    with open(path, encoding="utf-8") as f:
-        doc = yaml.safe_load(f)
+        raise ConfigError(f"dataset registry {path} does not exist; pass --registry config/datasets.yaml")
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = yaml.safe_load(f)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({one_line(str(exc))})") from exc
     where = str(path)
     _check_keys(doc, {"datasets", "weights"}, {"datasets", "weights"}, where)
     datasets = {name: _dataset(name, raw, f"{where}: datasets.{name}")
@@ -139,14 +145,14 @@ def _dataset(name: str, raw: Any, where: str) -> DatasetEntry:
     if task == "blur_detection":
         _choice(mask_value, MASK_VALUES, f"{where}.mask_in_focus_value (required for blur_detection sets)")
     elif mask_value is not None:
-        raise ValueError(f"{where}.mask_in_focus_value: {mask_value!r} given for a {task} set; expected null "
-                         "(only blur_detection sets have masks)")
+        raise ConfigError(f"{where}.mask_in_focus_value: {mask_value!r} given for a {task} set; expected null "
+                          "(only blur_detection sets have masks)")
     files = raw["files"]
     if not isinstance(files, list) or not files:
-        raise ValueError(f"{where}.files: expected a non-empty list of archives, got {files!r}")
+        raise ConfigError(f"{where}.files: expected a non-empty list of archives, got {files!r}")
     aliases = raw.get("root_aliases") or []
     if not isinstance(aliases, list):
-        raise ValueError(f"{where}.root_aliases: expected a list of folder names, got {aliases!r}")
+        raise ConfigError(f"{where}.root_aliases: expected a list of folder names, got {aliases!r}")
     return DatasetEntry(
         name=name,
         title=_text(raw["title"], f"{where}.title"),
@@ -186,13 +192,13 @@ def _weight(name: str, raw: Any, where: str) -> WeightEntry:
     prefix = raw.get("sha256_prefix")
     if prefix is not None:
         if not isinstance(prefix, str) or not _HEX.fullmatch(prefix) or not 8 <= len(prefix) <= 64:
-            raise ValueError(f"{where}.sha256_prefix: expected 8 to 64 lowercase hex digits or null, got {prefix!r}")
+            raise ConfigError(f"{where}.sha256_prefix: expected 8 to 64 lowercase hex digits or null, got {prefix!r}")
         if sha256 is not None and not sha256.startswith(prefix):
-            raise ValueError(f"{where}: sha256 {sha256} does not start with sha256_prefix {prefix}")
+            raise ConfigError(f"{where}: sha256 {sha256} does not start with sha256_prefix {prefix}")
     hub = _TORCH_HUB_HASH.search(filename)
     if hub and prefix is not None and not (hub.group(1).startswith(prefix) or prefix.startswith(hub.group(1))):
-        raise ValueError(f"{where}.sha256_prefix: {prefix} disagrees with the hash {hub.group(1)} in the filename "
-                         f"{filename}")
+        raise ConfigError(f"{where}.sha256_prefix: {prefix} disagrees with the hash {hub.group(1)} in the filename "
+                          f"{filename}")
     return WeightEntry(
         name=name, filename=filename, urls=urls, licence=_text(raw["licence"], f"{where}.licence"), manual=manual,
         sha256=sha256, sha256_prefix=prefix, md5=_hex(raw.get("md5"), 32, f"{where}.md5"),
@@ -203,77 +209,78 @@ def _weight(name: str, raw: Any, where: str) -> WeightEntry:
 def _sources(raw: Mapping, where: str) -> tuple[tuple[str, ...], ManualSource | None]:
     urls = raw["urls"]
     if not isinstance(urls, list):
-        raise ValueError(f"{where}.urls: expected a list of http(s) URLs (may be empty with `manual`), got {urls!r}")
+        raise ConfigError(f"{where}.urls: expected a list of http(s) URLs (may be empty with `manual`), got {urls!r}")
     for i, url in enumerate(urls):
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-            raise ValueError(f"{where}.urls[{i}]: expected an http:// or https:// URL, got {url!r}")
+            raise ConfigError(f"{where}.urls[{i}]: expected an http:// or https:// URL, got {url!r}")
     manual = None
     if raw.get("manual") is not None:
         _check_keys(raw["manual"], _MANUAL_KEYS, _MANUAL_KEYS, f"{where}.manual")
         manual = ManualSource(url=_text(raw["manual"]["url"], f"{where}.manual.url"),
                               note=_text(raw["manual"]["note"], f"{where}.manual.note"))
     if not urls and manual is None:
-        raise ValueError(f"{where}: no `urls` and no `manual` source; give at least one so the file can be obtained")
+        raise ConfigError(f"{where}: no `urls` and no `manual` source; give at least one so the file can be obtained")
     return tuple(urls), manual
 
 
 def _check_unique(datasets: Mapping[str, DatasetEntry], weights: Mapping[str, WeightEntry], where: str) -> None:
     both = sorted(set(datasets) & set(weights))
     if both:
-        raise ValueError(f"{where}: {both} are both a dataset and a weight; `fetch NAME` needs unique names")
+        raise ConfigError(f"{where}: {both} are both a dataset and a weight; `fetch NAME` needs unique names")
     # data/downloads/ is shared by every dataset (and holds the trust store keyed by file name).
     owner: dict[str, str] = {}
     for entry in datasets.values():
         for f in entry.files:
             if f.name in owner:
-                raise ValueError(f"{where}: file name {f.name!r} is used by {owner[f.name]} and datasets.{entry.name}; "
-                                 "file names must be unique")
+                raise ConfigError(f"{where}: file name {f.name!r} is used by {owner[f.name]} and "
+                                  f"datasets.{entry.name}; "
+                                  "file names must be unique")
             owner[f.name] = f"datasets.{entry.name}"
     for entry in weights.values():
         if entry.filename in owner:
-            raise ValueError(f"{where}: file name {entry.filename!r} is used by {owner[entry.filename]} and "
-                             f"weights.{entry.name}; file names must be unique")
+            raise ConfigError(f"{where}: file name {entry.filename!r} is used by {owner[entry.filename]} and "
+                              f"weights.{entry.name}; file names must be unique")
         owner[entry.filename] = f"weights.{entry.name}"
 
 
 # ----------------------------------------------------------------------------------------- scalars
 def _mapping(value: Any, where: str) -> dict:
     if not isinstance(value, dict):
-        raise ValueError(f"{where}: expected a mapping of name -> entry, got {type(value).__name__}")
+        raise ConfigError(f"{where}: expected a mapping of name -> entry, got {type(value).__name__}")
     return value
 
 
 def _check_keys(raw: Any, allowed: set[str], required: set[str], where: str) -> None:
     if not isinstance(raw, dict):
-        raise ValueError(f"{where}: expected a mapping, got {type(raw).__name__}")
+        raise ConfigError(f"{where}: expected a mapping, got {type(raw).__name__}")
     unknown = sorted(set(raw) - allowed)
     if unknown:
-        raise ValueError(f"{where}: unknown field(s) {unknown}; accepted: {sorted(allowed)}")
+        raise ConfigError(f"{where}: unknown field(s) {unknown}; accepted: {sorted(allowed)}")
     missing = sorted(required - set(raw))
     if missing:
-        raise ValueError(f"{where}: missing field(s) {missing}")
+        raise ConfigError(f"{where}: missing field(s) {missing}")
 
 
 def _check_name(name: Any, where: str) -> None:
     if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise ValueError(f"{where}: name {name!r} must be letters, digits, '_', '.', '-'")
+        raise ConfigError(f"{where}: name {name!r} must be letters, digits, '_', '.', '-'")
 
 
 def _choice(value: Any, accepted: tuple, where: str):
     if value not in accepted or isinstance(value, bool):
-        raise ValueError(f"{where}: {value!r} is not one of {list(accepted)}")
+        raise ConfigError(f"{where}: {value!r} is not one of {list(accepted)}")
     return value
 
 
 def _text(value: Any, where: str) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"{where}: expected a non-empty string, got {value!r}")
+        raise ConfigError(f"{where}: expected a non-empty string, got {value!r}")
     return value
 
 
 def _bool(value: Any, where: str) -> bool:
     if not isinstance(value, bool):
-        raise ValueError(f"{where}: expected true or false, got {value!r}")
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
     return value
 
 
@@ -281,7 +288,7 @@ def _hex(value: Any, length: int, where: str) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or len(value) != length or not _HEX.fullmatch(value):
-        raise ValueError(f"{where}: expected {length} lowercase hex digits or null, got {value!r}")
+        raise ConfigError(f"{where}: expected {length} lowercase hex digits or null, got {value!r}")
     return value
 
 
@@ -289,29 +296,29 @@ def _size(value: Any, where: str) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{where}: expected a positive number of bytes or null, got {value!r}")
+        raise ConfigError(f"{where}: expected a positive number of bytes or null, got {value!r}")
     return value
 
 
 def _splits(value: Any, where: str) -> dict[str, int]:
     if not isinstance(value, dict) or not value:
-        raise ValueError(f"{where}: expected a mapping split -> count, e.g. {{train: 350, test: 76}}, got {value!r}")
+        raise ConfigError(f"{where}: expected a mapping split -> count, e.g. {{train: 350, test: 76}}, got {value!r}")
     for split, count in value.items():
         if not isinstance(split, str) or isinstance(count, bool) or not isinstance(count, int) or count <= 0:
-            raise ValueError(f"{where}.{split}: expected a positive count, got {count!r}")
+            raise ConfigError(f"{where}.{split}: expected a positive count, got {count!r}")
     return dict(value)
 
 
 def _filename(value: Any, where: str) -> str:
     if not isinstance(value, str) or not _NAME.fullmatch(value):
-        raise ValueError(f"{where}: {value!r} is not a plain file name (letters, digits, '_', '.', '-'; no folders)")
+        raise ConfigError(f"{where}: {value!r} is not a plain file name (letters, digits, '_', '.', '-'; no folders)")
     return value
 
 
 def _relative_folder(value: Any, where: str) -> str:
     if not isinstance(value, str) or not value:
-        raise ValueError(f"{where}: expected a folder path inside the archive ('.' for its top), got {value!r}")
+        raise ConfigError(f"{where}: expected a folder path inside the archive ('.' for its top), got {value!r}")
     parts = PurePosixPath(value).parts
     if value.startswith(("/", "\\")) or ".." in parts or "\\" in value:
-        raise ValueError(f"{where}: {value!r} must be a relative POSIX path inside the archive, without '..'")
+        raise ConfigError(f"{where}: {value!r} must be a relative POSIX path inside the archive, without '..'")
     return value

@@ -5,7 +5,6 @@ Nothing here talks to anything but 127.0.0.1: every registry is a temporary YAML
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import json
@@ -21,6 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipeline_src.cli import main
 from pipeline_src.data import fetch as fetch_stage
 from pipeline_src.data.archive import ArchiveToolMissing, UnsafeArchiveError, check_member, extract_rar
 from pipeline_src.data.download import HtmlInsteadOfFile, UnexpectedFileType, check_magic
@@ -185,11 +185,9 @@ def do_fetch(tmp_path: Path, registry: Path, name: str, **kw) -> Path:
 
 
 def cli(tmp_path: Path, registry: Path, *argv: str) -> int:
-    parser = argparse.ArgumentParser()
-    fetch_stage.add_arguments(parser)
-    args = parser.parse_args([*argv, "--registry", str(registry), "--root", str(tmp_path / "data"),
-                              "--backoff", "0.01", "--timeout", "5"])
-    return fetch_stage.run(args)
+    """`python -m pipeline_src fetch ...` in-process: exit 0, or 2 with one `error:` line (or manual steps)."""
+    return main(["fetch", *argv, "--registry", str(registry), "--root", str(tmp_path / "data"),
+                 "--backoff", "0.01", "--timeout", "5"])
 
 
 def leftovers(data: Path) -> list[str]:
@@ -229,7 +227,7 @@ def test_checksum_mismatch_is_a_clear_error_and_leaves_nothing_to_trust(tmp_path
     files = [archive_file("mini.zip", [server.url("dpdd.zip")], sha256=wrong)]
     reg = write_registry(tmp_path, {"mini": dataset(files)})
 
-    assert cli(tmp_path, reg, "mini") == 1
+    assert cli(tmp_path, reg, "mini") == 2
     err = capsys.readouterr().err
     assert f"sha256 {sha256(DPDD_ZIP)}" in err and f"pins {wrong}" in err and "nothing was extracted" in err
     data = tmp_path / "data"
@@ -286,7 +284,7 @@ def test_a_failed_call_keeps_the_part_file_and_the_next_call_resumes_it(tmp_path
     server.routes["dpdd.zip"] = Route(DPDD_ZIP, cut_after=third, cuts=1)
     reg = write_registry(tmp_path, {"mini": dataset([archive_file("mini.zip", [server.url("dpdd.zip")],
                                                                    sha256=sha256(DPDD_ZIP))])})
-    assert cli(tmp_path, reg, "mini", "--retries", "0") == 1
+    assert cli(tmp_path, reg, "mini", "--retries", "0") == 2
     part = tmp_path / "data/downloads/mini.zip.part"
     assert part.read_bytes() == DPDD_ZIP[:third]
     assert "the next call resumes" in capsys.readouterr().err
@@ -353,7 +351,7 @@ def test_a_manual_only_host_says_what_to_download_and_where_then_picks_it_up(tmp
 
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_bytes(make_zip({"mini_dpdd/x.png": b"not the pinned file"}))
-    assert cli(tmp_path, reg, "mini") == 1  # a wrong file placed by hand is named, not extracted
+    assert cli(tmp_path, reg, "mini") == 2  # a wrong file placed by hand is named, not extracted
     assert "remove or replace it" in capsys.readouterr().err
     assert not (tmp_path / "data/raw/mini").exists()
 
@@ -403,7 +401,7 @@ def test_a_tar_with_an_outward_link_or_absolute_path_is_refused(tmp_path, server
     server.routes["evil.tar.gz"] = Route(evil)
     reg = write_registry(tmp_path, {"mini": dataset([archive_file("mini.tgz", [server.url("evil.tar.gz")],
                                                                    archive="tar.gz")])})
-    assert cli(tmp_path, reg, "mini") == 1
+    assert cli(tmp_path, reg, "mini") == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "data/raw/mini").exists()
     assert leftovers(tmp_path / "data") == []
@@ -511,7 +509,7 @@ def test_a_dead_url_falls_back_to_the_mirror_and_mirror_selects_urls(tmp_path, s
     server.routes["mirror.zip"] = Route(DPDD_ZIP)
     files = [archive_file("mini.zip", [server.url("dead.zip"), server.url("mirror.zip")])]
     reg = write_registry(tmp_path, {"mini": dataset(files)})
-    assert cli(tmp_path, reg, "mini", "--mirror", "nowhere") == 1
+    assert cli(tmp_path, reg, "mini", "--mirror", "nowhere") == 2
     assert "no URL of mini.zip contains 'nowhere'" in capsys.readouterr().err
 
     do_fetch(tmp_path, reg, "mini")
@@ -598,10 +596,10 @@ def test_list_shows_missing_present_and_verified(tmp_path, server, capsys):
 
 def test_unknown_name_and_missing_name_are_errors(tmp_path, capsys):
     reg = write_registry(tmp_path, {"a": dataset([archive_file("a.zip", ["http://127.0.0.1:9/a.zip"])])})
-    assert cli(tmp_path, reg, "nope") == 1
+    assert cli(tmp_path, reg, "nope") == 2
     err = capsys.readouterr().err
     assert "unknown name 'nope'" in err and "known: a" in err
-    assert cli(tmp_path, reg) == 1
+    assert cli(tmp_path, reg) == 2
     assert "give a NAME or --list" in capsys.readouterr().err
 
 

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline_src.cli import main
+from pipeline_src.cli import STAGES, build_parser
 from pipeline_src.data.layouts import LayoutError, LayoutOptions, even_picks
 from pipeline_src.data.manifest import DatasetFacts, ManifestError, build_manifest
 from pipeline_src.data.samples import ManifestFormatError, array_keys, load_manifest, load_sample, manifest_sha256
-from pipeline_src.fileio import ImageReadError, write_image
+from pipeline_src.fileio import ImageReadError, read_image, sha256_file, write_image
 
 CONFIG = Path(__file__).resolve().parents[2] / "config"
 
@@ -91,8 +91,12 @@ def make_cuhk_tree(root: Path, in_focus_value: int = 0, split_txt: bool = True) 
 
 # ------------------------------------------------------------------------------------------------- helpers
 def index(tmp_path: Path, name: str, root: Path, *flags: str) -> dict:
+    """The `index` stage with its arguments parsed as the CLI does; its errors propagate (the CLI would print them
+    as one line: tests/test_bad_inputs.py checks that)."""
     out = tmp_path / "manifests" / f"{name}.json"
-    assert main(["index", name, "--root", str(root), "--out", str(out), *flags]) == 0
+    args = build_parser({"index": STAGES["index"]}).parse_args(["index", name, "--root", str(root), "--out",
+                                                                str(out), *flags])
+    assert args._run(args) == 0
     return load_manifest(out)
 
 
@@ -104,7 +108,7 @@ def by_id(manifest: dict) -> dict:
 def test_dpdd_pairs_by_sorted_order_keeps_16_bits_and_marks_portrait(tmp_path):
     root = make_dpdd_tree(tmp_path / "dpdd")
     m = index(tmp_path, "mini-dpdd", root, "--layout", "dpdd")
-    assert m["format"] == 1 and m["layout"] == "dpdd" and m["root"] == str(root)
+    assert m["format"] == 2 and m["layout"] == "dpdd" and m["root"] == str(root)
     assert m["views"] == ["c", "l", "r"] and m["bit_depth"] == 16
     assert m["splits"] == {"train": 2, "val": 1, "test": 1}
     assert (m["has_target"], m["has_mask"], m["has_defocus"]) == (True, False, False)
@@ -151,7 +155,7 @@ def test_truncated_png_is_named(tmp_path):
 def test_undecodable_jpeg_is_named(tmp_path):
     root = make_cuhk_tree(tmp_path / "cuhk")
     (root / "image" / "out_of_focus0003.jpg").write_bytes(b"not a jpeg at all")
-    with pytest.raises(ImageReadError, match=r"out_of_focus0003\.jpg.*not a decodable image"):
+    with pytest.raises(ImageReadError, match=r"out_of_focus0003\.jpg: not an image file \(17 bytes"):
         index(tmp_path, "x", root, "--layout", "cuhk", "--mask-in-focus-value", "0")
 
 
@@ -397,8 +401,8 @@ def test_load_manifest_rejects_bad_files(tmp_path):
     with pytest.raises(ManifestFormatError, match=r"bad\.json: missing field\(s\) \['dataset'"):
         load_manifest(bad)
     m = index(tmp_path, "realdof", make_realdof_tree(tmp_path / "realdof"), "--layout", "realdof")
-    bad.write_text(json.dumps({**m, "format": 2}))
-    with pytest.raises(ManifestFormatError, match=r"format 2"):
+    bad.write_text(json.dumps({**m, "format": 1}))
+    with pytest.raises(ManifestFormatError, match=r"manifest format 1, this code reads \(2,\); rebuild it"):
         load_manifest(bad)
 
 
@@ -408,3 +412,77 @@ def test_load_sample_notices_a_changed_tree(tmp_path):
     put(root / "target" / "000.png", image(12, 15, 3))
     with pytest.raises(ValueError, match=r"target/000\.png: 15x12 .* manifest says 16x12"):
         load_sample(m, by_id(m)["000"])
+
+
+# ------------------------------------------------------------------------------ data identity and what a set is
+def test_one_changed_pixel_changes_the_manifest_and_its_hash_names_and_sizes_unchanged(tmp_path):
+    root = make_dpdd_tree(tmp_path / "dpdd")
+    m1 = index(tmp_path, "a", root, "--layout", "dpdd")
+    sha1 = manifest_sha256(tmp_path / "manifests" / "a.json")
+    target = root / "train_c" / "target" / "1P0A0891.png"
+    img = read_image(target)
+    img[3, 4, 0] ^= 1
+    write_image(target, img)
+    m2 = index(tmp_path, "a", root, "--layout", "dpdd")
+    assert manifest_sha256(tmp_path / "manifests" / "a.json") != sha1
+    changed = [s["id"] for s, t in zip(m1["samples"], m2["samples"]) if s["sha256"] != t["sha256"]]
+    assert changed == ["1P0A0890"] and by_id(m2)["1P0A0890"]["sha256"]["target"] == sha256_file(target)
+    assert set(by_id(m2)["1P0A0890"]["sha256"]) == {"c", "l", "r", "target"}
+    assert "3-channel RGB only" in m2["rules"]["channels"]
+
+
+@pytest.mark.parametrize("kind, make, message", [
+    ("rgba", lambda img: np.dstack([img, np.full(img.shape[:2], 65535, img.dtype)]), "an RGBA image where RGB"),
+    ("grey", lambda img: img[:, :, 0], "a grey image where RGB is expected"),
+])
+def test_rgba_and_grey_images_in_an_rgb_set_are_refused(tmp_path, kind, make, message):
+    root = make_dpdd_tree(tmp_path / "dpdd")
+    bad = root / "test_r" / "source" / "1P0A0920_R.png"
+    write_image(bad, make(read_image(bad)))
+    with pytest.raises(ImageReadError, match=rf"1P0A0920_R\.png: {message}"):
+        index(tmp_path, "x", root, "--layout", "dpdd")
+    assert not (tmp_path / "manifests" / "x.json").exists()
+
+
+def test_the_format_behind_the_extension_must_be_what_it_names(tmp_path):
+    import cv2
+
+    root = make_dpdd_tree(tmp_path / "dpdd", bits=8)
+    bad = root / "val_l" / "source" / "1P0A0910_L.png"
+    ok, jpeg = cv2.imencode(".jpg", read_image(bad))
+    bad.write_bytes(jpeg.tobytes())
+    with pytest.raises(ImageReadError, match=r"1P0A0910_L\.png: named \.png but its bytes are a JPEG image"):
+        index(tmp_path, "x", root, "--layout", "dpdd")
+    cut = root / "val_l" / "source" / "cut.jpg"
+    cut.write_bytes(jpeg.tobytes()[:-100])
+    with pytest.raises(ImageReadError, match=r"cut\.jpg: truncated JPEG"):
+        read_image(cut)
+
+
+def test_a_link_that_leaves_the_dataset_tree_is_refused_an_inward_one_kept(tmp_path):
+    root = make_dpdd_tree(tmp_path / "dpdd")
+    inside = root / "test_c" / "target" / "1P0A0921.png"
+    outside = tmp_path / "elsewhere.png"
+    outside.write_bytes(inside.read_bytes())
+    inside.unlink()
+    inside.symlink_to(outside)
+    with pytest.raises(ManifestError, match=r"1P0A0921\.png: links to .*elsewhere\.png, outside the dataset tree"):
+        index(tmp_path, "x", root, "--layout", "dpdd")
+    inside.unlink()
+    (root / "spare.png").write_bytes(outside.read_bytes())
+    inside.symlink_to(Path("../../spare.png"))
+    assert index(tmp_path, "x", root, "--layout", "dpdd")["splits"]["test"] == 1
+
+
+def test_masks_stored_as_rgb_are_read_as_grey_only_when_their_channels_agree(tmp_path):
+    root = make_cuhk_tree(tmp_path / "cuhk")
+    mask_path = root / "gt" / "out_of_focus0001.png"
+    mask = read_image(mask_path, color=False)
+    write_image(mask_path, np.dstack([mask] * 3))
+    m = index(tmp_path, "c", root, "--layout", "cuhk", "--mask-in-focus-value", "0")
+    assert np.array_equal(load_sample(m, by_id(m)["out_of_focus0001"])["mask"], (mask < 128).astype(np.uint8))
+    rgb = np.dstack([mask] * 3)
+    rgb[0, 0, 2] ^= 255
+    write_image(mask_path, rgb)
+    with pytest.raises(ImageReadError, match=r"out_of_focus0001\.png: a 3-channel image with differing channels"):
+        index(tmp_path, "c", root, "--layout", "cuhk", "--mask-in-focus-value", "0")

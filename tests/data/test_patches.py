@@ -10,9 +10,17 @@ import pytest
 import torch
 
 from pipeline_src.cli import main
-from pipeline_src.data.patches import (PatchSettings, keep_after_discard, load_settings, sharpness_scores,
-                                       window_grid, window_starts, write_patches)
+from pipeline_src.data.patches import (
+    PatchSettings,
+    keep_after_discard,
+    load_settings,
+    sharpness_scores,
+    window_grid,
+    window_starts,
+    write_patches,
+)
 from pipeline_src.data.samples import load_manifest, load_sample, manifest_sha256
+from pipeline_src.errors import DataError
 from pipeline_src.fileio import read_image
 from tests.data.test_manifest import CONFIG, make_cuhk_tree, make_dpdd_tree, put
 
@@ -199,11 +207,11 @@ def test_dataset_rejects_bad_arguments(tmp_path):
     PatchDataset, out = dataset_over_identical_views(tmp_path)
     with pytest.raises(ValueError, match="crop 17; expected 0 < crop <= patch size 16"):
         PatchDataset(out, "train", crop=17)
-    with pytest.raises(KeyError, match=r"no array\(s\) \['mask'\]"):
+    with pytest.raises(DataError, match=r"no array\(s\) \['mask'\]"):
         PatchDataset(out, "train", keys=["mask"])
-    with pytest.raises(KeyError, match="no 'test' patches"):
+    with pytest.raises(DataError, match="no 'test' patches"):
         PatchDataset(out, "test")
-    with pytest.raises(FileNotFoundError, match="no patch metadata"):
+    with pytest.raises(DataError, match="no patch metadata"):
         PatchDataset(tmp_path, "train")
     with pytest.raises(IndexError):
         PatchDataset(out, "train")[12]

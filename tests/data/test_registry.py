@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from pipeline_src.data.registry import DatasetEntry, WeightEntry, load_registry
+from pipeline_src.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "config" / "datasets.yaml"
@@ -93,7 +94,7 @@ def test_unknown_names_list_the_known_ones(shipped):
 
 
 def test_a_missing_registry_file_is_named(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nothere.yaml"):
+    with pytest.raises(ConfigError, match="nothere.yaml"):
         load_registry(tmp_path / "nothere.yaml")
 
 

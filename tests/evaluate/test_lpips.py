@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from pipeline_src.errors import CheckpointError
 from pipeline_src.evaluate.lpips import (
     LIN_SHA256,
     LPIPS,
@@ -109,7 +110,7 @@ def test_wrong_hash_or_keys_raise(tmp_path):
     torch.save({"lin0.weight": torch.zeros(1, 64, 1, 1)}, bad_lin)
     with pytest.raises(ValueError, match="linear layers"):
         load_lpips(alex_path, bad_lin, alexnet_sha256=None, lin_sha256=None)
-    with pytest.raises(FileNotFoundError, match="absent.pth"):
+    with pytest.raises(CheckpointError, match="absent.pth"):
         load_lpips(tmp_path / "absent.pth", lin_path, alexnet_sha256=None, lin_sha256=None)
 
 

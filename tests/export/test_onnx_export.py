@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from pipeline_src.cli import main as cli_main
+from pipeline_src.errors import CheckpointError
 from pipeline_src.export import load_export_config, parse_size
 from pipeline_src.export.onnx_export import check_parity, export_checkpoint, onnx_metadata
 from pipeline_src.model_io import load_model
@@ -102,7 +103,7 @@ def test_bad_sizes_are_refused_with_the_expected_form(bad):
 
 def test_missing_checkpoint_names_the_file(tmp_path):
     cfg = load_export_config(EXPORT_CONFIG)
-    with pytest.raises(FileNotFoundError, match="nope.pt"):
+    with pytest.raises(CheckpointError, match="nope.pt"):
         export_checkpoint(str(tmp_path / "nope.pt"), tmp_path / "out", cfg)
 
 

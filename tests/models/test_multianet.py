@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline_src.errors import CheckpointError
 from pipeline_src.models import build_model
 from pipeline_src.models.layers.channel_attention import ChannelAttention
 from pipeline_src.models.vgg import IMAGENET_MEAN, IMAGENET_STD, VGGFeatures
@@ -103,7 +104,7 @@ def test_bad_arguments_and_inputs_are_refused():
         build_model("multianet", channel_affinity="softmax")
     with pytest.raises(ValueError, match=r"N x 3 x H x W.*\(1, 6, 32, 32\)"):
         build_model("multianet")(torch.rand(1, 6, 32, 32))
-    with pytest.raises(FileNotFoundError, match="vgg16"):
+    with pytest.raises(CheckpointError, match="vgg16"):
         build_model("multianet", vgg_weights="/nonexistent/vgg16-397923af.pth")
 
 

@@ -5,6 +5,7 @@ import shutil
 import pytest
 import torch
 
+from pipeline_src.errors import CheckpointError
 from pipeline_src.models.vgg import VGGFeatures, layer_names, load_vgg_weights, verify_sha256
 from tests.model_checks import count_parameters
 
@@ -118,7 +119,7 @@ def test_file_without_a_hash_to_check_is_refused(vgg19_file, tmp_path):
     shutil.copyfile(path, plain)
     with pytest.raises(ValueError, match="vgg19.pth: no hash to verify against"):
         load_vgg_weights(VGGFeatures("vgg19"), plain)
-    with pytest.raises(FileNotFoundError, match="fetch vgg19"):
+    with pytest.raises(CheckpointError, match="fetch vgg19"):
         load_vgg_weights(VGGFeatures("vgg19"), tmp_path / "absent-12345678.pth")
 
 

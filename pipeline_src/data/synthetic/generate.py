@@ -2,7 +2,8 @@
 
 Each task draws from its own generator (seeding.item_rng), so the number of workers and the order in which
 they finish change nothing in the output: same seed and preset, same bytes. The folder is built under a
-temporary sibling name (fileio.atomic_dir): a failed or killed run leaves nothing under the final name.
+temporary sibling name (fileio.atomic_dir): a failed or killed run leaves nothing under the final name, its
+workers die with it (PR_SET_PDEATHSIG), and the next run removes the partial folder it left.
 """
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ def generate_dataset(kind: str, spec: KindSpec, physics: Physics, seed: int, out
             # An executor, not multiprocessing.Pool: a worker that dies (or whose initializer fails) raises
             # BrokenProcessPool here instead of being respawned for ever.
             with ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context("spawn"),
-                                     initializer=_init_worker) as pool:
+                                     initializer=_init_worker, initargs=(os.getpid(),)) as pool:
                 results = list(pool.map(run_task, jobs, chunksize=1))
         records = [record for task_records in results for record in task_records]
         conventions = writer.finish(tmp, spec, physics, records)
@@ -57,11 +58,30 @@ def run_task(job: tuple[str, Task, KindSpec, Physics, int, str]) -> list[dict]:
     return KINDS.build(kind).render(task, spec, physics, rng, Path(out))
 
 
-def _init_worker() -> None:
+def _init_worker(parent_pid: int) -> None:
     import cv2
 
+    die_with_parent(parent_pid)
     # The parallelism is over images; OpenCV's own threads would only compete with the other workers.
     cv2.setNumThreads(1)
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Have the kernel SIGKILL this worker when its parent dies (Linux prctl PR_SET_PDEATHSIG): a parent killed
+    with SIGKILL cannot stop its pool, and orphaned workers would render on for minutes. Elsewhere a no-op."""
+    import ctypes
+    import ctypes.util
+    import signal
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    PR_SET_PDEATHSIG = 1
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != parent_pid:  # the parent died before the request took effect
+        os._exit(1)
 
 
 @contextlib.contextmanager
