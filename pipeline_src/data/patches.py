@@ -104,7 +104,10 @@ def load_settings(presets_path: str | Path, preset: str) -> PatchSettings:
                           f"{sorted(_SETTING_KEYS - {'size', 'stride'})}, unknown keys {sorted(unknown)}")
     if "splits" in section:
         section = {**section, "splits": tuple(section["splits"])}
-    return PatchSettings(**section)
+    try:
+        return PatchSettings(**section)
+    except ConfigError as exc:  # the settings name their field; add where it was read
+        raise ConfigError(f"{presets_path}: {preset}.{exc}") from exc
 
 
 # ------------------------------------------------------------------------------------------------ windows

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 from pipeline_src.data.synthetic.params import KIND_SPLITS, SynthConfigError
 
@@ -31,15 +30,11 @@ def run(args: argparse.Namespace) -> int:
     from pipeline_src.data.synthetic.generate import generate_dataset
     from pipeline_src.data.synthetic.params import load_preset
 
-    try:
-        if args.seed < 0:
-            raise SynthConfigError(f"--seed {args.seed}: expected a non-negative integer")
-        if args.workers < 1:
-            raise SynthConfigError(f"--workers {args.workers}: expected at least 1")
-        spec, physics = load_preset(args.presets, args.preset, args.kind)
-    except SynthConfigError as exc:
-        print(f"synthesize: error: {exc}", file=sys.stderr)
-        return 2
+    if args.seed < 0:
+        raise SynthConfigError(f"--seed {args.seed}: expected a non-negative integer")
+    if args.workers < 1:
+        raise SynthConfigError(f"--workers {args.workers}: expected at least 1")
+    spec, physics = load_preset(args.presets, args.preset, args.kind)
     meta = generate_dataset(args.kind, spec, physics, args.seed, args.out, workers=args.workers, preset=args.preset)
     counts = ", ".join(f"{split} {n}" for split, n in meta["counts"].items())
     print(f"{args.out}: synthetic {args.kind} ({args.preset}, seed {args.seed}, "
