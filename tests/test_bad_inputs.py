@@ -65,8 +65,8 @@ def index_argv(root: Path, out: Path, layout: str = "dpdd", *extra: str) -> list
 
 def evaluate_argv(world: World, checkpoint: Path, out: Path, *extra: str) -> list[str]:
     return ["evaluate", "--checkpoint", str(checkpoint), "--manifest", str(world.manifest), "--out", str(out),
-            "--per-image", str(out.with_suffix(".csv")), "--images", str(out.with_suffix("")), "--no-tracking",
-            *extra]
+            "--record", str(out.with_suffix(".record.json")), "--per-image", str(out.with_suffix(".csv")),
+            "--images", str(out.with_suffix("")), "--no-tracking", *extra]
 
 
 def train_argv(world: World, recipe: Path, out: Path, *extra: str) -> list[str]:
@@ -270,7 +270,7 @@ def checkpoint_truncated(w, t):
     bad = t / "final.pt"
     bad.write_bytes(w.kpac.read_bytes()[:5000])
     return evaluate_argv(w, bad, t / "m/x.json"), r"final\.pt: unreadable model file, truncated or not a PyTorch", \
-        [t / "m/x.json", t / "m/x.csv", t / "m/x"]
+        [t / "m/x.json", t / "m/x.record.json", t / "m/x.csv", t / "m/x"]
 
 
 def checkpoint_not_torch(w, t):

@@ -1,24 +1,31 @@
-"""Evaluate a trained model with its paper's protocol: metrics JSON, per-image CSV, side-by-side images, MLflow.
+"""Evaluate a trained model with its paper's protocol: metrics, full record, per-image CSV, side-by-side images.
 
     python -m pipeline_src evaluate --checkpoint data/runs/kpac/synth-defocus/phase2/final.pt \
         --manifest data/manifests/synth-defocus.json --split test --baselines \
-        --out data/metrics/kpac-synth-defocus.json --per-image data/metrics/kpac-synth-defocus.csv \
-        --images data/metrics/kpac-synth-defocus/
+        --out data/metrics/kpac-synth-defocus.json --record data/metrics/kpac-synth-defocus.record.json \
+        --per-image data/metrics/kpac-synth-defocus.csv --images data/evaluate/kpac-synth-defocus
 
 The protocol (config/protocols.yaml) is the one the checkpoint's recipe names, unless --protocol overrides it.
 Each test image is read at the protocol's bit depth, run through the model at full resolution (tiled, see
 tiling.py), post-processed as the protocol says (activation, clip, quantisation) and scored; with --baselines
 the protocol's baseline rows (blurry input, Wiener deconvolution) are scored on the same images.
-Outputs: the metrics JSON (DVC metrics: model row, baseline rows, protocol, preset, checkpoint sha256, training
-and evaluation MLflow run ids), a CSV with one row per image, a folder of side-by-side PNGs (input | output |
-target | error map), and an MLflow run tagged with the protocol and the training run's id, nested under the
-pipeline's parent run when PIPELINE_PARENT_RUN_ID is set. Same checkpoint and data -> the same JSON bytes
-(no timestamps in it; with tracking on, only `eval_run_id` differs).
+Outputs:
+- --out: numbers only, flat and few (the model's metrics, `<baseline>.<metric>`, `gain_db`, `images`): what
+  `dvc metrics show/diff` and `dvc exp show` compare;
+- --record: everything else the report needs (model and baseline rows, protocol, preset, checkpoint sha256,
+  where the weights came from, training and evaluation MLflow run ids);
+- --per-image: one CSV row per image (a numeric `index` column for `dvc plots`);
+- --images: side-by-side PNGs (input | output | target | error map);
+- an MLflow run tagged with the protocol and the training run's id, nested under the pipeline's parent run when
+  PIPELINE_PARENT_RUN_ID is set.
+The three files are written together (the metrics file last); a kill leaves all or none. Same checkpoint and
+data -> the same bytes (no timestamps; with tracking on, only the record's `eval_run_id` differs).
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import re
 import statistics
@@ -38,9 +45,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, type=Path, help="a training phase's final.pt")
     parser.add_argument("--manifest", required=True, type=Path, help="data/manifests/<dataset>.json")
     parser.add_argument("--split", default="test", help="manifest split to evaluate (default: test)")
-    parser.add_argument("--out", required=True, type=Path, help="metrics JSON, e.g. data/metrics/<name>.json")
+    parser.add_argument("--out", required=True, type=Path,
+                        help="metrics JSON, numbers only (DVC metrics), e.g. data/metrics/<name>.json")
+    parser.add_argument("--record", required=True, type=Path,
+                        help="the evaluation's full record (protocol, checkpoint, data, run ids, every figure), "
+                             "e.g. data/metrics/<name>.record.json; the report reads it")
     parser.add_argument("--per-image", required=True, type=Path, help="per-image CSV, e.g. data/metrics/<name>.csv")
-    parser.add_argument("--images", required=True, type=Path, help="folder for the side-by-side PNGs")
+    parser.add_argument("--images", required=True, type=Path,
+                        help="folder for the side-by-side PNGs, e.g. data/evaluate/<name>")
     parser.add_argument("--protocol", default=None, help="protocol name (default: the one the checkpoint records)")
     parser.add_argument("--protocols", default=Path("config/protocols.yaml"), type=Path, help="protocol file")
     parser.add_argument("--baselines", action="store_true", help="also score the protocol's baseline rows")
@@ -58,11 +70,12 @@ def run(args: argparse.Namespace) -> int:
     from pipeline_src.data.samples import load_manifest, manifest_sha256, samples_of
     from pipeline_src.evaluate.protocols import ProtocolError, load_protocols
     from pipeline_src.evaluate.tiling import plan_tiles
-    from pipeline_src.fileio import sha256_file
+    from pipeline_src.fileio import discard_outputs, sha256_file
     from pipeline_src.model_io import load_model
 
     if args.max_images is not None and args.max_images < 1:
         raise ConfigError(f"--max-images {args.max_images}; must be >= 1")
+    discard_outputs([args.record, args.per_image, args.out])  # never an old result beside a new run's
     book = load_protocols(args.protocols)
     model, record = load_model(args.checkpoint)
     name = args.protocol or record.get("protocol")
@@ -98,6 +111,9 @@ def run(args: argparse.Namespace) -> int:
                        "phase": record.get("phase"), "step": record.get("step")},
         "manifest": {"path": str(args.manifest), "sha256": manifest_sha256(args.manifest)},
         "training_run_id": record.get("mlflow_run_id"),
+        # where the weights came from: trained here, or imported (the authors' release, with file and sha256)
+        "weights_source": (record.get("provenance") or {}).get("source", "trained"),
+        "provenance": record.get("provenance"),
     }
     tracker = _start_tracking(args, meta)
     try:
@@ -253,6 +269,7 @@ def _metrics_document(meta: dict, result: dict, protocol, plan, args, eval_run_i
         # the protocol's facts (its prose stays in config/protocols.yaml and the MLflow params)
         "protocol": {k: v for k, v in protocol.record().items() if k not in ("description", "notes")},
         "tiling": dataclasses.asdict(plan),
+        "metrics_json": str(args.out),
         "per_image_csv": str(args.per_image),
         "side_by_side_dir": str(args.images),
         "eval_run_id": eval_run_id,
@@ -266,7 +283,7 @@ def _csv_text(result: dict, protocol_name: str) -> str:
 
     rows = result["rows"]
     metric_names = [k for k in rows["model"][0] if k != "image"]
-    header = ["image", "protocol", *metric_names]
+    header = ["index", "image", "protocol", *metric_names]  # index: a numeric x for `dvc plots`
     for b in rows:
         if b == "model":
             continue
@@ -281,7 +298,7 @@ def _csv_text(result: dict, protocol_name: str) -> str:
         return "" if v is None else (repr(round(v, DECIMALS)) if math.isfinite(v) else str(v))
 
     for i, model_row in enumerate(rows["model"]):
-        line = [model_row["image"], protocol_name, *(cell(model_row[m]) for m in metric_names)]
+        line = [i, model_row["image"], protocol_name, *(cell(model_row[m]) for m in metric_names)]
         for b in rows:
             if b == "model":
                 continue
@@ -292,8 +309,21 @@ def _csv_text(result: dict, protocol_name: str) -> str:
     return buf.getvalue()
 
 
+def flat_metrics(doc: dict) -> dict[str, float]:
+    """The numbers DVC compares: the model's metrics, each baseline's (`<baseline>.<metric>`), the gain over the
+    blurry input where there is one, and the image count. Unavailable metrics are left out, never 0."""
+    metric_names = set(doc["model"])
+    out = {k: v for k, v in doc["model"].items() if v is not None}
+    for baseline, row in doc["baselines"].items():
+        out.update({f"{baseline}.{k}": v for k, v in row.items() if k in metric_names and v is not None})
+    if out.get("psnr") is not None and out.get("input.psnr") is not None:
+        out["gain_db"] = _number(out["psnr"] - out["input.psnr"])
+    out["images"] = doc["images"]
+    return out
+
+
 def _write_outputs(args, doc: dict, result: dict) -> None:
-    from pipeline_src.fileio import atomic_dir, atomic_write_json, atomic_write_text, write_image
+    from pipeline_src.fileio import atomic_dir, atomic_write_json, output_set, write_image
 
     with atomic_dir(args.images) as tmp:
         for image_id, panel in result["panels"]:
@@ -302,8 +332,11 @@ def _write_outputs(args, doc: dict, result: dict) -> None:
         atomic_write_json(tmp / "protocol.json", {"protocol": doc["protocol"], "checkpoint": doc["checkpoint"],
                                                   "panels": "input | output | target | "
                                                             f"|output - target| x {ERROR_MAP_GAIN:g}"})
-    atomic_write_text(args.per_image, _csv_text(result, doc["protocol_name"]))
-    atomic_write_json(args.out, doc)  # last: its presence means the others are complete
+    # the metrics file last: its presence means the record and the per-image rows are this run's too
+    with output_set([args.record, args.per_image, args.out]) as tmp:
+        tmp[args.record].write_text(json.dumps(doc, indent=2) + "\n")
+        tmp[args.per_image].write_text(_csv_text(result, doc["protocol_name"]))
+        tmp[args.out].write_text(json.dumps(flat_metrics(doc), indent=2) + "\n")
 
 
 def _safe_name(image_id: str) -> str:
@@ -368,5 +401,5 @@ def _log_run(tracker, doc: dict, result: dict, args) -> None:
     tracker.log_metrics(metrics, step=int(doc["checkpoint"]["step"] or 0))
     for image_id, panel in result["panels"]:
         tracker.log_image(panel, f"side_by_side/{_safe_name(image_id)}.png")
-    tracker.log_artifact(args.out)
+    tracker.log_artifact(args.record)
     tracker.log_artifact(args.per_image)

@@ -1,6 +1,6 @@
 """The results report: the papers' published figures beside ours and the baselines, with plots.
 
-    python -m pipeline_src report --metrics data/metrics/*.json --published config/published.yaml \
+    python -m pipeline_src report --metrics-dir data/metrics --published config/published.yaml \
         --out data/report/
 
 Writes, into --out (built under a temporary name and renamed into place when complete):
@@ -28,6 +28,7 @@ from pipeline_src.errors import PipelineError
 METRIC_ORDER = ("psnr", "ssim", "ms_ssim", "mae", "lpips", "max_f", "mean_max_f", "f_at_0_5")
 PRIMARY = {"restoration": "psnr", "detection": "max_f"}
 MISSING = "missing"
+RECORD_SUFFIX = ".record.json"  # evaluate's --record; its --out holds the same figures, numbers only
 ROW_KINDS = ("model", "input", "other")
 KIND_COLOURS = {"published": "#9e9e9e", "ours": "#1f77b4", "baseline": "#ff7f0e"}
 _ENTRY_KEYS = {"paper", "recipe", "dataset", "protocol", "test_images", "source", "page", "rows"}
@@ -42,10 +43,11 @@ class ReportInputError(PipelineError, ValueError):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--metrics", nargs="+", type=Path, help="metrics JSONs of the evaluate stage")
+    source.add_argument("--metrics", nargs="+", type=Path, help="evaluation records (*.record.json) of the "
+                                                                   "evaluate stage")
     source.add_argument("--metrics-dir", type=Path,
-                        help="every *.json directly in this folder (the DAG's data/metrics: a variable set of "
-                             "evaluations that DVC cannot list in a command)")
+                        help="every *.record.json directly in this folder (the DAG's data/metrics: a variable set "
+                             "of evaluations that DVC cannot list in a command)")
     parser.add_argument("--published", default=Path("config/published.yaml"), type=Path,
                         help="the papers' figures (default config/published.yaml)")
     parser.add_argument("--out", required=True, type=Path, help="report folder, e.g. data/report/")
@@ -55,9 +57,10 @@ def run(args: argparse.Namespace) -> int:
     from pipeline_src.fileio import atomic_dir
 
     published = load_published(args.published)
-    paths = sorted(args.metrics) if args.metrics else sorted(args.metrics_dir.glob("*.json"))
+    paths = sorted(args.metrics) if args.metrics else sorted(args.metrics_dir.glob(f"*{RECORD_SUFFIX}"))
     if not paths:
-        raise ReportInputError(f"{args.metrics_dir}: no metrics JSON files; run the evaluate stage first")
+        raise ReportInputError(f"{args.metrics_dir}: no evaluation records (*{RECORD_SUFFIX}); run the evaluate "
+                               "stage first")
     evaluations = [load_evaluation(p) for p in paths]
     names = [e["name"] for e in evaluations]
     if len(set(names)) != len(names):
@@ -126,12 +129,13 @@ def load_evaluation(path: str | Path) -> dict:
     try:
         doc = json.loads(path.read_text())
     except FileNotFoundError:
-        raise ReportInputError(f"{path}: no such metrics file (written by `python -m pipeline_src evaluate`)") from None
+        raise ReportInputError(f"{path}: no such evaluation record (written by `python -m pipeline_src evaluate "
+                               "--record`)") from None
     except json.JSONDecodeError as exc:
         raise ReportInputError(f"{path}: not JSON ({exc})") from None
     missing = [k for k in _EVAL_KEYS if k not in doc]
     if missing:
-        raise ReportInputError(f"{path}: missing field(s) {missing}; not a metrics file of the evaluate stage")
+        raise ReportInputError(f"{path}: missing field(s) {missing}; not an evaluation record of the evaluate stage")
     if doc["task"] not in PRIMARY:
         raise ReportInputError(f"{path}: task {doc['task']!r}; expected one of {', '.join(PRIMARY)}")
     doc["_path"] = str(path)

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline_src.cli import STAGES, build_parser
 from pipeline_src.data.layouts import LayoutError, LayoutOptions, even_picks
 from pipeline_src.data.manifest import DatasetFacts, ManifestError, build_manifest
 from pipeline_src.data.samples import ManifestFormatError, array_keys, load_manifest, load_sample, manifest_sha256
 from pipeline_src.fileio import ImageReadError, read_image, sha256_file, write_image
+from tests.stage import run_stage
 
 CONFIG = Path(__file__).resolve().parents[2] / "config"
 
@@ -94,9 +94,7 @@ def index(tmp_path: Path, name: str, root: Path, *flags: str) -> dict:
     """The `index` stage with its arguments parsed as the CLI does; its errors propagate (the CLI would print them
     as one line: tests/test_bad_inputs.py checks that)."""
     out = tmp_path / "manifests" / f"{name}.json"
-    args = build_parser({"index": STAGES["index"]}).parse_args(["index", name, "--root", str(root), "--out",
-                                                                str(out), *flags])
-    assert args._run(args) == 0
+    assert run_stage(["index", name, "--root", root, "--out", out, *flags]) == 0
     return load_manifest(out)
 
 

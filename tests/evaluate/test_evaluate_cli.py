@@ -18,6 +18,7 @@ from pipeline_src.fileio import read_image, sha256_file, write_image
 from pipeline_src.model_io import model_record, save_model_file
 from pipeline_src.models import MODELS
 from pipeline_src.models.layers.padding import crop_to, pad_to_multiple
+from tests.stage import run_stage
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[2]
@@ -99,11 +100,16 @@ def defocus_tree(tmp_path_factory):
 
 
 def _evaluate(data, out: Path, *extra: str) -> dict:
+    """The stage's full record (--record); the numbers-only metrics file is checked against it."""
     argv = ["evaluate", "--checkpoint", str(data["ckpt"]), "--manifest", str(data["manifest"]),
-            "--out", str(out / "m.json"), "--per-image", str(out / "m.csv"), "--images", str(out / "m"),
-            "--protocols", str(PROTOCOLS), *extra]
-    assert main(argv) == 0
-    return json.loads((out / "m.json").read_text())
+            "--out", str(out / "m.json"), "--record", str(out / "m.record.json"), "--per-image", str(out / "m.csv"),
+            "--images", str(out / "m"), "--protocols", str(PROTOCOLS), *extra]
+    assert run_stage(argv) == 0
+    record = json.loads((out / "m.record.json").read_text())
+    numbers = json.loads((out / "m.json").read_text())
+    assert all(isinstance(v, (int, float)) for v in numbers.values()) and len(numbers) <= 20
+    assert {k: v for k, v in record["model"].items() if v is not None}.items() <= numbers.items()
+    return record
 
 
 def _small_tiles_protocols(tmp_path: Path) -> Path:
@@ -121,7 +127,8 @@ def test_evaluate_twice_gives_identical_outputs(defocus_tree, tmp_path, monkeypa
     for k in range(2):
         out = tmp_path / f"run{k}"
         docs.append(_evaluate(defocus_tree, out, "--baselines", "--protocols", str(small)))
-        texts.append(((out / "m.json").read_text().replace(str(out), "OUT"), (out / "m.csv").read_bytes(),
+        texts.append(((out / "m.record.json").read_text().replace(str(out), "OUT"), (out / "m.json").read_bytes(),
+                      (out / "m.csv").read_bytes(),
                       {p.name: p.read_bytes() for p in (out / "m").iterdir()}))
     assert texts[0] == texts[1]
     doc = docs[0]
@@ -156,7 +163,7 @@ def test_per_image_csv_and_side_by_side_images(defocus_tree, tmp_path, monkeypat
     panel = read_image(pngs[0])
     assert panel.dtype == np.uint8 and panel.shape[0] == 44 + 18 and panel.shape[1] == 4 * 58 + 3 * 4
     # the report stage reads what evaluate wrote
-    assert main(["report", "--metrics", str(tmp_path / "m.json"), "--out", str(tmp_path / "report"),
+    assert main(["report", "--metrics", str(tmp_path / "m.record.json"), "--out", str(tmp_path / "report"),
                  "--published", str(REPO / "config" / "published.yaml")]) == 0
     md = (tmp_path / "report" / "results.md").read_text()
     assert "KPAC 2-level (paper, dpdd, Table 4)" in md and "ours: kpac" in md and "baseline: wiener" in md
@@ -194,7 +201,7 @@ def test_tracked_run_has_metrics_protocol_tag_and_training_link(defocus_tree, tm
     assert run.data.params["protocol.bit_depth"] == "8"
     client = MlflowClient(uri)
     top = {a.path for a in client.list_artifacts(doc["eval_run_id"])}
-    assert {"m.json", "m.csv", "side_by_side"} <= top
+    assert {"m.record.json", "m.csv", "side_by_side"} <= top
     assert len(client.list_artifacts(doc["eval_run_id"], "side_by_side")) == 2
 
 
@@ -246,4 +253,4 @@ def test_bad_requests_are_refused_with_a_reason(defocus_tree, detection_tree, tm
                        "dpdd_single_8bit")
     with pytest.raises(ValueError, match=r"lacks \['l', 'r'\]"):
         _evaluate({**detection_tree, "ckpt": dual}, tmp_path, "--protocol", "gopro_8bit")
-    assert not (tmp_path / "m.json").exists()  # nothing half-written
+    assert not (tmp_path / "m.json").exists() and not (tmp_path / "m.record.json").exists()  # nothing half-written

@@ -8,15 +8,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline_src.cli import main
 from pipeline_src.evaluate.report import ReportInputError, load_published
+from tests.stage import run_stage
 
 REPO = Path(__file__).resolve().parents[2]
 PUBLISHED = REPO / "config" / "published.yaml"
 
 
 def _metrics(tmp: Path, name: str, task: str = "restoration") -> Path:
-    """A metrics file and per-image CSV in the evaluate stage's format."""
+    """An evaluation record and per-image CSV in the evaluate stage's format."""
     if task == "restoration":
         model = {"psnr": 24.5, "ssim": 0.81, "mae": 0.04, "lpips": None}
         baselines = {"input": {"psnr": 23.1, "ssim": 0.78, "mae": 0.05, "lpips": None},
@@ -48,13 +48,13 @@ def _metrics(tmp: Path, name: str, task: str = "restoration") -> Path:
         "tiling": {"tile": 512, "overlap": 64, "margin": 16, "batch": 2, "size_multiple": 4},
         "per_image_csv": str(tmp / f"{name}.csv"), "side_by_side_dir": str(tmp / name), "eval_run_id": "eval-run-1",
     }
-    path = tmp / f"{name}.json"
+    path = tmp / f"{name}.record.json"
     path.write_text(json.dumps(doc))
     return path
 
 
 def _report(metrics: list[Path], out: Path, published: Path = PUBLISHED) -> int:
-    return main(["report", "--metrics", *map(str, metrics), "--published", str(published), "--out", str(out)])
+    return run_stage(["report", "--metrics", *metrics, "--published", published, "--out", out])
 
 
 def test_report_puts_kpac_beside_the_paper_and_the_baselines(tmp_path):
@@ -135,8 +135,8 @@ def test_bad_published_files_name_the_field(tmp_path, mutate, match):
 
 def test_bad_metrics_files_are_refused(tmp_path):
     kpac = _metrics(tmp_path, "kpac-synth-defocus")
-    with pytest.raises(ReportInputError, match="no such metrics file"):
-        _report([tmp_path / "nope.json"], tmp_path / "r")
+    with pytest.raises(ReportInputError, match="no such evaluation record"):
+        _report([tmp_path / "nope.record.json"], tmp_path / "r")
     broken = tmp_path / "broken.json"
     broken.write_text("{")
     with pytest.raises(ReportInputError, match="not JSON"):
@@ -159,5 +159,5 @@ def test_metrics_dir_reads_every_json_in_the_folder_and_an_empty_one_is_an_error
     empty.mkdir()
     r = subprocess.run([sys.executable, "-m", "pipeline_src", "report", "--metrics-dir", str(empty),
                         "--out", str(tmp_path / "report")], capture_output=True, text=True)
-    assert r.returncode != 0 and "no metrics JSON files" in r.stderr
+    assert r.returncode == 2 and "no evaluation records" in r.stderr
     assert not (tmp_path / "report").exists()
