@@ -68,6 +68,7 @@ class PhaseJob:
     tracking: bool = True
     restart: bool = False
     extra_tags: dict = field(default_factory=dict)
+    curves: Path | None = None        # training curves CSV (default: <out_dir>/curves.csv)
 
 
 def seed_everything(seed: int) -> None:
@@ -158,6 +159,38 @@ def _resume_state(last_path: Path, identity: dict, restart: bool) -> tuple[dict 
     return state, None
 
 
+class TrainingCurves:
+    """One row per validation: step, mean training loss since the previous row, lr, and the validation metrics.
+    Written as CSV beside the phase (DVC plots: x = step); kept in last.pt so a resumed run writes the same rows."""
+
+    def __init__(self, rows: list[dict] | None = None, loss_sum: float = 0.0, loss_n: int = 0):
+        self.rows, self.loss_sum, self.loss_n = list(rows or []), loss_sum, loss_n
+
+    def add_loss(self, value: float) -> None:
+        self.loss_sum, self.loss_n = self.loss_sum + value, self.loss_n + 1
+
+    def add_point(self, step: int, lr: float, val: dict[str, float]) -> None:
+        row = {"step": step, "train_loss": self.loss_sum / max(self.loss_n, 1), "lr": lr}
+        row.update({k.replace("/", "_"): v for k, v in val.items()})
+        self.rows.append(row)
+        self.loss_sum, self.loss_n = 0.0, 0
+
+    def state(self) -> dict:
+        return {"rows": self.rows, "loss_sum": self.loss_sum, "loss_n": self.loss_n}
+
+    @classmethod
+    def from_state(cls, state: dict | None) -> TrainingCurves:
+        return cls(**state) if state else cls()
+
+    def csv_text(self) -> str:
+        columns = list(dict.fromkeys(k for row in self.rows for k in row)) or ["step", "train_loss", "lr"]
+        lines = [",".join(columns)]
+        for row in self.rows:
+            lines.append(",".join("" if row.get(c) is None else repr(round(row[c], 6)) if isinstance(row[c], float)
+                                  else str(row[c]) for c in columns))
+        return "\n".join(lines) + "\n"
+
+
 class _Progress:
     """tqdm bar with loss, lr and it/s on a terminal; a plain log line every `log_every` steps otherwise."""
 
@@ -197,7 +230,8 @@ def _run_phase(job: PhaseJob, dist: DistInfo) -> dict[str, Any]:
     out = Path(job.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     last_path, final_path = out / "last.pt", out / "final.pt"
-    discard_outputs([out / "phase.json", final_path])  # being replaced: never left beside a new run's state
+    # the old outputs are being replaced: never left beside a new run's state
+    discard_outputs([Path(job.curves or out / "curves.csv"), out / "phase.json", final_path])
     manifest_sha = manifest_sha256(job.manifest)
     patches_meta = Path(job.patches) / "meta.json"
     if not patches_meta.is_file():
@@ -244,7 +278,7 @@ def _run_phase(job: PhaseJob, dist: DistInfo) -> dict[str, Any]:
     identity = resume_identity(job, manifest_sha=manifest_sha, patches_sha=sha256_file(patches_meta),
                                init={**init_info, **backbone_tags}, pretrained=pretrained,
                                world_size=dist.world_size, device=device, amp=dtype)
-    step, epoch, batch_in_epoch, run_id, val = 0, 0, 0, None, {}
+    step, epoch, batch_in_epoch, run_id, val, curves = 0, 0, 0, None, {}, TrainingCurves()
     state, restart_reason = _resume_state(last_path, identity, job.restart)
     if state is not None:
         model.load_state_dict(state["model"])
@@ -256,6 +290,7 @@ def _run_phase(job: PhaseJob, dist: DistInfo) -> dict[str, Any]:
                                                state["mlflow_run_id"])
         init_info = state["extra"].get("init", init_info)
         val = state["extra"].get("validation", {})
+        curves = TrainingCurves.from_state(state["extra"].get("curves"))
         if dist.is_main:
             print(f"resuming {last_path} at step {step}/{total_steps} (epoch {epoch}, batch {batch_in_epoch})",
                   file=sys.stderr)
@@ -326,6 +361,7 @@ def _run_phase(job: PhaseJob, dist: DistInfo) -> dict[str, Any]:
                 for k, v in {"loss": float(loss.detach()), **{k: float(v) for k, v in terms.items()}}.items():
                     window[k] = window.get(k, 0.0) + v
                 window_n += 1
+                curves.add_loss(float(loss.detach()))
                 log_now = step % every["log_every"] == 0 or step == total_steps
                 progress.update(step, total_steps, {"loss": float(loss.detach()), "lr": optimizer.param_groups[0]["lr"]},
                                 line=log_now)
@@ -339,10 +375,12 @@ def _run_phase(job: PhaseJob, dist: DistInfo) -> dict[str, Any]:
                 if step % every["val_every"] == 0 or step == total_steps:
                     val = batch_io.validate(model, val_batches, device)
                     tracker.log_metrics(val, step)
+                    curves.add_point(step, optimizer.param_groups[0]["lr"], val)
                 if dist.is_main and (step % every["ckpt_every"] == 0 or step == total_steps):
                     save_training_state(last_path, model=model, optimizer=optimizer, scaler=scaler, step=step,
                                         epoch=epoch, batch_in_epoch=batch_in_epoch, identity=identity,
-                                        mlflow_run_id=tracker.run_id, extra={"init": init_info, "validation": val})
+                                        mlflow_run_id=tracker.run_id,
+                                        extra={"init": init_info, "validation": val, "curves": curves.state()})
                 if dist.is_main and (step % every["image_every"] == 0 or step == total_steps):
                     tracker.log_image(batch_io.sample_strip(model, val_batches, device), f"samples/step_{step:07d}.png")
                 if step >= total_steps:
@@ -350,7 +388,7 @@ def _run_phase(job: PhaseJob, dist: DistInfo) -> dict[str, Any]:
         progress.close()
         if not val:  # a validation lost with a kill between the last checkpoint and the end: it is deterministic
             val = batch_io.validate(model, val_batches, device)
-        summary = _finish(job, model, phase, step, total_steps, val, init_info, tracker, final_path, dist)
+        summary = _finish(job, model, phase, step, total_steps, val, init_info, tracker, final_path, dist, curves)
     except BaseException:
         progress.close()
         tracker.end("KILLED" if isinstance(sys.exc_info()[1], KeyboardInterrupt) else "FAILED")
@@ -359,7 +397,8 @@ def _run_phase(job: PhaseJob, dist: DistInfo) -> dict[str, Any]:
     return summary
 
 
-def _finish(job, model, phase, step, total_steps, val, init_info, tracker, final_path: Path, dist) -> dict:
+def _finish(job, model, phase, step, total_steps, val, init_info, tracker, final_path: Path, dist,
+            curves: TrainingCurves) -> dict:
     barrier(dist)
     summary = {"paper": job.recipe["paper"], "recipe": job.recipe_name, "dataset": job.dataset, "phase": job.phase,
                "phase_name": phase["name"], "preset": job.recipe["preset"], "steps": step,
@@ -371,7 +410,9 @@ def _finish(job, model, phase, step, total_steps, val, init_info, tracker, final
                       step=step, config=json.loads(json.dumps(job.recipe, default=str)),
                       mlflow_run_id=tracker.run_id, init=init_info, protocol=job.recipe["protocol"])
         summary_path = final_path.with_name("phase.json")
-        with output_set([summary_path, final_path]) as tmp:  # final.pt, the file later stages read, last
+        curves_path = Path(job.curves or final_path.with_name("curves.csv"))
+        with output_set([curves_path, summary_path, final_path]) as tmp:  # final.pt, what later stages read, last
+            tmp[curves_path].write_text(curves.csv_text())
             tmp[summary_path].write_text(json.dumps(summary, indent=2) + "\n")
             torch.save(record, tmp[final_path])
         tracker.log_artifact(summary_path)

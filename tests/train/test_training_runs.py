@@ -69,6 +69,12 @@ def test_killed_run_resumes_and_ends_with_the_same_weights(defocus_data, tmp_pat
     resumed = json.loads((out / "phase.json").read_text())
     assert resumed["final_state_digest"] == straight["final_state_digest"]
     assert resumed["validation"] == straight["validation"]
+    # the training curves (DVC plots) of the resumed run are the uninterrupted run's, row for row
+    curves = (out / "curves.csv").read_text()
+    assert curves == (tmp_path / "straight/curves.csv").read_text()
+    header, *rows = curves.splitlines()
+    assert header.split(",")[:4] == ["step", "train_loss", "lr", "val_psnr"] and len(rows) == 24 // 4
+    assert [int(r.split(",")[0]) for r in rows] == [4, 8, 12, 16, 20, 24]
 
 
 def _digest(out):
