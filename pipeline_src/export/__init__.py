@@ -42,6 +42,9 @@ def load_export_config(path: str | os.PathLike = DEFAULT_CONFIG) -> dict[str, An
         missing = [k for k in keys if k not in cfg[section]]
         if missing:
             raise ConfigError(f"{path}: section {section!r} lacks {', '.join(missing)}")
+    from pipeline_src.export.config_schema import validate_export_config
+
+    validate_export_config(cfg, path)
     return cfg
 
 

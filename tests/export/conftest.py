@@ -85,6 +85,26 @@ class TinyDetector(TinyRestorer):
         return crop_to(self.tail(y + z), size)
 
 
+class TinyDeconv(TinyRestorer):
+    """Upsamples with a ConvTranspose (as KPAC's decoder does): the operator TensorRT takes only in float."""
+
+    def __init__(self, views=("c",), width: int = 8):
+        super().__init__(views, width)
+        self.up = nn.ConvTranspose2d(width, width, 4, stride=2, padding=1)
+
+    def forward(self, x):
+        x, size = pad_to_multiple(x, self.size_multiple)
+        y = F.leaky_relu(self.head(x), 0.2)
+        z = self.up(F.leaky_relu(self.down(y), 0.2))
+        out = x[:, :3] + 0.2 * torch.tanh(self.tail(y + z))
+        return crop_to(out, size)
+
+
+@MODELS.register("tiny_export_deconv")
+def tiny_export_deconv(views=("c",), width: int = 8):
+    return TinyDeconv(views, width)
+
+
 @MODELS.register("tiny_export_detector")
 def tiny_export_detector(views=("c",), width: int = 8):
     return TinyDetector(views, width)
