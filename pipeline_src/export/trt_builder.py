@@ -118,8 +118,27 @@ def timing_cache_name(device_key: str, trt_version: str) -> str:
 
 def candidate_path(final: Path) -> Path:
     """Where an engine is built before its check: a hidden sibling named the way the pipeline's fileio names
-    its temporaries, so a build killed half-way is swept away by the next one."""
+    its temporaries, so a build killed half-way is swept away by the next one (here or by fileio)."""
     return final.with_name(f".{final.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+
+
+def sweep_stale_candidates(final: Path) -> list[Path]:
+    """Remove candidates of `final` left by builds whose process is gone (killed before their check ended)."""
+    removed = []
+    for sibling in final.parent.glob(f".{final.name}.*.tmp"):
+        pid = sibling.name[len(final.name) + 2:].split(".", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # a live build owns it
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        sibling.unlink(missing_ok=True)
+        removed.append(sibling)
+    return removed
 
 
 def _fsync_write(path: Path, data: bytes) -> None:
@@ -403,6 +422,7 @@ def build(onnx_path, out_dir, *, model: str, precision: str, input_name: str, ch
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / engine_name(model, device.key, version, precision)
     cache = TimingCache(Path(timing_cache_dir or out_dir) / timing_cache_name(device.key, version), device, version)
+    sweep_stale_candidates(final)
     candidate = candidate_path(final)
     log = out_dir / f"{final.stem}.trtexec.log"
     info = {"engine": str(final), "candidate": str(candidate), "onnx": str(onnx_path), "precision": precision,
@@ -524,7 +544,8 @@ def bundle_build(manifest_path: Path, precision: str | None, out_dir: Path, buil
         commit_engine(Path(info["candidate"]), Path(info["engine"]))
         report.update({"built": True, "checked": True, "engine": Path(info["engine"]).name})
         return 0, report
-    except (NoEngineBuilt, BuildFailed, infer.CannotRun, infer.EngineMismatch, edge_cuda.CudaUnavailable) as e:
+    except (NoEngineBuilt, BuildFailed, FileNotFoundError, infer.CannotRun, infer.EngineMismatch,
+            edge_cuda.CudaUnavailable) as e:
         report["reason"] = str(e)
         return EXIT_NOTHING_BUILT, report
     finally:

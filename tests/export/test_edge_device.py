@@ -120,12 +120,17 @@ def test_an_engine_below_the_floor_is_removed_and_the_script_fails(bundle_dir, s
     assert not list(device.glob("*.plan")) and not [p for p in device.iterdir() if p.name.startswith(".")]
 
 
-def test_a_second_build_reuses_the_timing_cache(bundle_dir, standin, tmp_path):
+def test_a_second_build_reuses_the_timing_cache_and_sweeps_a_killed_builds_candidate(bundle_dir, standin, tmp_path):
     device = _device_copy(bundle_dir, tmp_path)
     env = device_env(standin)
     assert _build(device, env, "fp32").returncode == 0
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a process id that no longer runs: the owner of a build killed before its check
+    stale = device / f".{ENGINE.format('fp16')}.{dead.pid}.0badf00d.tmp"
+    stale.write_bytes(b"half an engine")
     assert _build(device, env, "fp16").returncode == 0
     assert json.loads((device / "build-fp16.json").read_text())["timing_cache_status"] == "reused"
+    assert not stale.exists() and (device / ENGINE.format("fp16")).is_file()
 
 
 # -------------------------------------------------------------------------------------------- inference

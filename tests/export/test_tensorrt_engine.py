@@ -316,3 +316,14 @@ def test_real_engine_builds_matches_onnx_runtime_and_reuses_the_timing_cache(var
     assert first["profile"]["max"] == {"height": 72, "width": 72}  # 72 is already a multiple of 4
     second = build_engine_stage(str(variants / variant), tmp_path / "eng", cfg, timing_cache_dir=str(cache))
     assert second["timing_cache_status"] == "reused" and second["check"]["passed"]
+
+
+def test_a_profile_out_of_order_in_the_settings_is_one_error_line_naming_the_field(variants, tmp_path, capsys):
+    cfg_path = tmp_path / "export.yaml"
+    cfg_path.write_text(EXPORT_CONFIG.read_text().replace("config/tensorrt_onnx_ops.yaml", str(OP_TABLE))
+                        .replace("max: 1680x1120", "max: 640x480"))
+    rc = cli_main(["build-engine", "--onnx", str(variants / "model_fp16.onnx"), "--out-dir", str(tmp_path / "e"),
+                   "--config", str(cfg_path)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("error: export settings tensorrt.profile: optimisation profile heights")
+    assert not (tmp_path / "e" / "build-report-fp16.json").exists()
