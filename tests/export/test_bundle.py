@@ -16,7 +16,6 @@ from pipeline_src.cli import main as cli_main
 from pipeline_src.errors import ExportError
 from pipeline_src.export import load_export_config
 from pipeline_src.export.bundle import build_bundle
-from pipeline_src.export.quantize import quantize_model
 from pipeline_src.fileio import sha256_file
 from tests.export.conftest import EXPORT_CONFIG, OP_TABLE, make_checkpoint, make_dataset, run_on_device
 

@@ -19,7 +19,6 @@ Device and version come from the same STANDIN_* variables as the stand-in tensor
 from __future__ import annotations
 
 import fcntl
-import json
 import math
 import os
 import sys
