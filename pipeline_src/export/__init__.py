@@ -3,10 +3,11 @@
 Stages (`python -m pipeline_src <stage>`), in DAG order:
     export-onnx   onnx_export.py      checkpoint -> model.onnx, parity.json, ops.json
     quantize      quantize.py         model.onnx -> model_fp16.onnx, model_int8.onnx, quality.json
-    build-engine  tensorrt_engine.py  an ONNX variant -> <model>-sm<cc>-trt<ver>-<precision>.plan, build-report.json
+    build-engine  tensorrt_engine.py  an ONNX variant -> <model>-<device>_<N>sm-sm<cc>-trt<ver>-<precision>.plan,
+                                      build-report-<precision>.json
     bundle        bundle.py           export folder -> data/bundles/<paper>-<dataset>/
-Two files run outside the pipeline too and so import nothing from it: `edge_infer.py` (the bundle's `infer.py`)
-and `trt_builder.py` (the bundle's `build_engine.py`).
+Four files run outside the pipeline too and so import nothing from it: `edge_infer.py` (the bundle's `infer.py`),
+`trt_builder.py` (the bundle's `build_engine.py`), `edge_cuda.py` and `edge_tiling.py`.
 
 This module holds what the stages share: the settings file, sizes written WIDTHxHEIGHT, and a manifest's
 samples as model inputs.
@@ -42,6 +43,9 @@ def load_export_config(path: str | os.PathLike = DEFAULT_CONFIG) -> dict[str, An
         missing = [k for k in keys if k not in cfg[section]]
         if missing:
             raise ConfigError(f"{path}: section {section!r} lacks {', '.join(missing)}")
+    from pipeline_src.export.config_schema import validate_export_config
+
+    validate_export_config(cfg, path)
     return cfg
 
 

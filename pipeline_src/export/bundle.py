@@ -5,13 +5,22 @@
     model.onnx, model_fp16.onnx, model_int8.onnx   the ONNX variants (int8 only when quantize accepted it)
     parity.json, ops.json, quality.json             the reports they passed
     manifest.json      input name/layout/normalisation, size multiple, views, expected metrics, TensorRT profile,
-                       the commands, and the sha256 of every other file in the bundle
-    build_engine.sh    the one command on the device: build the engine for its GPU, then check it against ONNX
-                       Runtime (`./build_engine.sh fp16`)
-    build_engine.py    the builder (trt_builder.py), infer.py the standalone inference script (edge_infer.py):
-                       numpy, OpenCV and onnxruntime or tensorrt, nothing else
-    samples/           one test sample's input view(s) (with --manifest): what the device check runs on
-Engines themselves are not shipped: they run only on the GPU and TensorRT version that built them.
+                       tiling for frames beyond the profile, the stored check and its floors, the commands, and
+                       the sha256 of every other file in the bundle
+    build_engine.sh    the one command on the device: build the engine for its GPU, check it against the stored
+                       fp32 output, name it only if it passed (`./build_engine.sh fp16`)
+    build_engine.py    the builder (trt_builder.py); infer.py the standalone inference script (edge_infer.py);
+                       edge_cuda.py (CUDA runtime through ctypes) and edge_tiling.py (tiles beyond the profile):
+                       numpy, OpenCV and tensorrt or onnxruntime, nothing else
+    samples/           one test sample's input view(s) (with --manifest), byte for byte
+    check/input.npy    the device check's input (that sample cropped to `bundle.check_size`, or seeded noise),
+    check/fp32_output.npy   and the fp32 model's output on it (ONNX Runtime, made here): the device compares
+                       its engine with it, so it needs no onnxruntime (JetPack has none)
+Engines themselves are not shipped: they run only on the device and TensorRT version that built them.
+
+The check's floor for a precision is `bundle.min_psnr_vs_fp32_db`, or ONNX Runtime's own PSNR of that variant
+against fp32 on the check input minus `bundle.check_margin_db`, whichever is lower: an engine must be about as
+close to fp32 as the variant itself is, and never below the configured floor unless the variant itself is.
 """
 from __future__ import annotations
 
@@ -21,35 +30,37 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipeline_src.export import DEFAULT_CONFIG, load_export_config, parse_size
+from pipeline_src.errors import ExportError
+from pipeline_src.export import DEFAULT_CONFIG, format_size, load_export_config, parse_size
 
-BUNDLE_FORMAT = 1
+BUNDLE_FORMAT = 2
 REPORTS = ("parity.json", "ops.json", "quality.json")
-SCRIPTS = {"infer.py": "edge_infer.py", "build_engine.py": "trt_builder.py"}  # bundle name -> source here
+# bundle name -> source here; the scripts import each other by their bundle names
+SCRIPTS = {"infer.py": "edge_infer.py", "build_engine.py": "trt_builder.py", "edge_cuda.py": "edge_cuda.py",
+           "edge_tiling.py": "edge_tiling.py"}
+CHECK_INPUT, CHECK_REFERENCE = "check/input.npy", "check/fp32_output.npy"
 
 BUILD_ENGINE_SH = """#!/bin/sh
-# Build a TensorRT engine for this device's GPU from the bundle's ONNX, then check it against ONNX Runtime.
-#   ./build_engine.sh [fp32|fp16|int8]          (default: {default})
-# Needs python3 with numpy and OpenCV, TensorRT 10 or 11 (Python package, or trtexec for the build alone) and
-# onnxruntime for the check. PYTHON=... picks the interpreter. The engine lands here, named by GPU, TensorRT
-# version and precision; the timing cache beside it makes the next build faster.
+# Build a TensorRT engine for this device from the bundle's ONNX, check it against the fp32 output stored in the
+# bundle, and give it its final name only if the check passed:
+#   ./build_engine.sh [fp32|fp16|int8] [build_engine.py options, e.g. --builder trtexec]   (default: {default})
+# Needs python3 with numpy and OpenCV, and TensorRT 10 or 11: its Python package, or trtexec alone (JetPack 6
+# has both). No onnxruntime. PYTHON=... picks the interpreter. The report is build-<precision>.json; TensorRT's
+# messages go to standard error, trtexec's output to <engine>.trtexec.log. Exit 0: built and checked; 1: the
+# check failed (engine removed); 2: nothing built (the last line says why).
 set -eu
 cd "$(dirname "$0")"
 PRECISION="${{1:-{default}}}"
-PYTHON="${{PYTHON:-python3}}"
-"$PYTHON" build_engine.py --precision "$PRECISION" > "build-$PRECISION.json"
-ENGINE=$("$PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1]))["engine"])' "build-$PRECISION.json")
-ONNX=$("$PYTHON" -c 'import json, sys; print(json.load(open("manifest.json"))["variants"][sys.argv[1]]["file"])' "$PRECISION")
-"$PYTHON" infer.py --check --onnx "$ONNX" --model "$ENGINE"
-echo "engine built and checked: $ENGINE"
+[ "$#" -gt 0 ] && shift
+exec "${{PYTHON:-python3}}" build_engine.py --precision "$PRECISION" --report "build-$PRECISION.json" "$@"
 """
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("--export-dir", required=True, help="export folder (model*.onnx and their reports)")
     parser.add_argument("--out", required=True, help="bundle folder, e.g. data/bundles/kpac-dpdd")
-    parser.add_argument("--manifest", help="dataset manifest: its first test sample goes in samples/ for the "
-                                           "device check (default: the check runs on noise)")
+    parser.add_argument("--manifest", help="dataset manifest: its first test sample goes in samples/ and is the "
+                                           "device check's input (default: the check runs on seeded noise)")
     parser.add_argument("--config", default=DEFAULT_CONFIG, help="export settings (default: %(default)s)")
 
 
@@ -57,7 +68,7 @@ def _read_json(path: Path) -> Any:
     import json
 
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing; run export-onnx and quantize for this model first")
+        raise ExportError(f"{path}: missing; run export-onnx and quantize for this model first")
     return json.loads(path.read_text())
 
 
@@ -68,10 +79,10 @@ def bundle_variants(export_dir: Path, quality: dict[str, Any], names: dict[str, 
         accepted = precision != "int8" or quality["variants"].get("int8", {}).get("accepted", False)
         exists = (export_dir / name).is_file()
         if accepted and not exists:
-            raise FileNotFoundError(f"{export_dir / name}: the {precision} variant is missing "
-                                    f"(quality.json lists it as made); re-run quantize")
+            raise ExportError(f"{export_dir / name}: the {precision} variant is missing (quality.json lists it as "
+                              "made); re-run quantize")
         if precision == "int8" and exists and not accepted:
-            raise ValueError(f"{export_dir / name}: present although quality.json rejected INT8; re-run quantize")
+            raise ExportError(f"{export_dir / name}: present although quality.json rejected INT8; re-run quantize")
         if accepted:
             out[precision] = name
     return out
@@ -95,7 +106,8 @@ def copy_samples(manifest: str, views, dest: Path) -> list[str]:
     m = load_manifest(manifest)
     tests = samples_of(m, "test")
     if not tests:
-        raise ValueError(f"{manifest}: no test samples to ship for the device check")
+        raise ExportError(f"{manifest}: no test samples to ship for the device check; pass a manifest with a "
+                          "test split")
     sample = tests[0][1]
     dest.mkdir()
     out = []
@@ -107,18 +119,91 @@ def copy_samples(manifest: str, views, dest: Path) -> list[str]:
     return out
 
 
-def bundle_manifest(meta: dict[str, Any], cfg: dict[str, Any], variants: dict[str, str], quality, parity, ops,
-                    check_inputs: list[str]) -> dict[str, Any]:
+def bundle_profile(meta: dict[str, Any], cfg: dict[str, Any]) -> dict[str, tuple[int, int]]:
     from pipeline_src.export.trt_builder import snap_profile
 
+    tcfg = cfg["tensorrt"]
+    return snap_profile({k: parse_size(tcfg["profile"][k]) for k in ("min", "opt", "max")}, int(meta["size_multiple"]))
+
+
+def bundle_tiling(meta: dict[str, Any], cfg: dict[str, Any], profile) -> dict[str, Any]:
+    """Tiles for frames beyond the profile: the configured tile (default: the profile's max), inside the profile."""
+    from pipeline_src.config import ConfigError
+    from pipeline_src.export import edge_tiling
+
+    tiling = cfg["bundle"]["tiling"]
+    tile = parse_size(tiling["tile"]) if tiling.get("tile") else profile["max"]
+    if not all(lo <= t <= hi for lo, t, hi in zip(profile["min"], tile, profile["max"])):
+        raise ConfigError(f"bundle.tiling.tile {format_size(*tile)} lies outside the TensorRT profile "
+                          f"{format_size(*profile['min'])}..{format_size(*profile['max'])}")
+    try:
+        spec = edge_tiling.plan(tile, int(tiling["overlap"]), int(tiling["margin"]), int(meta["size_multiple"]),
+                                profile["min"])
+    except ValueError as e:
+        raise ConfigError(f"bundle.tiling: {e}") from e
+    return {"tile": {"height": spec.tile_hw[0], "width": spec.tile_hw[1]}, "overlap": spec.overlap,
+            "margin": spec.margin,
+            "rule": "frames whose padded size exceeds the profile's max are run in tiles of `tile` overlapping by "
+                    "`overlap`, blended with a raised-cosine window that gives `margin` pixels at inner tile edges "
+                    "no weight (edge_tiling.py, the evaluation stage's scheme)"}
+
+
+def check_input(manifest: str | None, meta: dict[str, Any], cfg: dict[str, Any], profile):
+    """(1 x C x H x W float32, description): the first test image cropped to the check size, or seeded noise."""
+    import numpy as np
+
+    size = parse_size(cfg["bundle"]["check_size"])
+    cap = tuple(min(a, b) for a, b in zip(size, profile["max"]))
+    if manifest is None:
+        x = np.random.default_rng(0).random((1, int(meta["in_channels"]), *cap), dtype=np.float32)
+        return x, f"uniform noise, seed 0, {format_size(*cap)}"
+    from pipeline_src.export import iter_test_inputs
+
+    sample_id, x, _, _ = next(iter_test_inputs(manifest, meta["input_views"], limit=1, task=meta["task"]))
+    x = np.ascontiguousarray(x[:, :, :cap[0], :cap[1]])
+    return x, f"test sample {sample_id!r} of {manifest}, top-left {format_size(*x.shape[-2:])}"
+
+
+def stored_check(tmp: Path, variants: dict[str, str], meta: dict[str, Any], cfg: dict[str, Any], profile,
+                 manifest: str | None, names: tuple[str, str]) -> dict[str, Any]:
+    """Write check/input.npy and check/fp32_output.npy; return the manifest's `check` entry with its floors."""
+    import numpy as np
+    import onnxruntime
+
+    from pipeline_src.export.edge_infer import ModelSpec, OnnxRuntimeModel, compare_outputs, run_padded
+
+    x, source = check_input(manifest, meta, cfg, profile)
+    spec = ModelSpec(tuple(meta["input_views"]), int(meta["size_multiple"]), meta["task"], *names)
+    outputs = {p: run_padded(OnnxRuntimeModel(tmp / f, spec, threads=1), x, spec.size_multiple, profile["min"])
+               for p, f in variants.items()}
+    (tmp / "check").mkdir()
+    np.save(tmp / CHECK_INPUT, x)
+    np.save(tmp / CHECK_REFERENCE, outputs["fp32"])
+    bcfg = cfg["bundle"]
+    ort_psnr = {p: compare_outputs(outputs["fp32"], y, meta["task"])["psnr_db"] for p, y in outputs.items()}
+    margin = float(bcfg["check_margin_db"])
+    floors = {p: round(min(float(bcfg["min_psnr_vs_fp32_db"][p]),
+                           ort_psnr[p] - margin if ort_psnr[p] is not None else float("inf")), 2) for p in variants}
+    return {"input": CHECK_INPUT, "reference": CHECK_REFERENCE, "input_source": source,
+            "size": format_size(*x.shape[-2:]),
+            "reference_made_with": f"{variants['fp32']} in ONNX Runtime {onnxruntime.__version__} (CPU), padded to "
+                                   f"the size multiple and the profile's min, cropped back",
+            "onnxruntime_psnr_vs_fp32_db": {p: None if v is None else round(v, 2) for p, v in ort_psnr.items()},
+            "min_psnr_vs_fp32_db": floors,
+            "floor_rule": f"min(bundle.min_psnr_vs_fp32_db, ONNX Runtime's PSNR of the variant - "
+                          f"{bcfg['check_margin_db']} dB)"}
+
+
+def bundle_manifest(meta: dict[str, Any], cfg: dict[str, Any], variants: dict[str, str], quality, parity, ops,
+                    check_inputs: list[str], profile, tiling, check) -> dict[str, Any]:
     multiple = int(meta["size_multiple"])
     tcfg, onnx_cfg = cfg["tensorrt"], cfg["onnx"]
-    profile = snap_profile({k: parse_size(tcfg["profile"][k]) for k in ("min", "opt", "max")}, multiple)
     default = cfg["bundle"]["default_engine_precision"]
     if default not in variants:
         default = "fp32"
     detection = meta["task"] == "detection"
     example = variants.get("fp16", "model.onnx")
+    inputs = " ".join(check_inputs) or " ".join(f"{v}.png" for v in meta["input_views"])
     return {
         "format": BUNDLE_FORMAT,
         "model": {"name": meta["model"], "args": meta["model_args"],
@@ -142,18 +227,21 @@ def bundle_manifest(meta: dict[str, Any], cfg: dict[str, Any], variants: dict[st
         "parity": {"onnxruntime_vs_pytorch_max_abs_diff": parity["max_abs_diff"], "atol": parity["atol"],
                    "sizes": [r["size"] for r in parity["sizes"]], "opset": parity["opset"]},
         "tensorrt": {
-            "versions": "10 or 11 (strongly typed: the precision is the ONNX variant's)",
+            "versions": "10 or 11 (strongly typed: the precision is the ONNX variant's); others are refused",
             "operators_checked_against": ops["op_table"],
             "profile": {k: {"height": h, "width": w} for k, (h, w) in profile.items()},
             "workspace_mib": int(tcfg["workspace_mib"]), "default_precision": default,
             "min_psnr_vs_onnxruntime_db": {p: tcfg["min_psnr_vs_onnxruntime_db"][p] for p in variants},
         },
+        "tiling": tiling,
+        "check": check,
         "check_inputs": check_inputs,
         "commands": {
             "build_and_check_engine": f"./build_engine.sh {default}",
-            "infer_onnxruntime": f"python3 infer.py --model {example} --input "
-                                 + " ".join(f"{v}.png" for v in meta["input_views"]) + " --output out.png",
-            "infer_tensorrt": "python3 infer.py --model <engine>.plan --input ... --output out.png",
+            "build_with_trtexec_only": f"./build_engine.sh {default} --builder trtexec",
+            "check_engine": "python3 infer.py --check --model <engine>.plan",
+            "infer_tensorrt": f"python3 infer.py --model <engine>.plan --input {inputs} --output sharp.png",
+            "infer_onnxruntime": f"python3 infer.py --model {example} --input {inputs} --output sharp.png",
         },
     }
 
@@ -168,10 +256,13 @@ def build_bundle(export_dir: str | os.PathLike, out: str | os.PathLike, cfg: dic
     parity, ops, quality = (_read_json(export_dir / name) for name in REPORTS)
     for name, report in (("parity.json", parity), ("ops.json", ops)):
         if not report["passed"]:
-            raise ValueError(f"{export_dir / name}: did not pass; nothing to bundle")
+            raise ExportError(f"{export_dir / name}: did not pass; nothing to bundle (fix the export first)")
     variants = bundle_variants(export_dir, quality, cfg["bundle"]["variants"])
     meta = onnx_metadata(export_dir / variants["fp32"])
+    profile = bundle_profile(meta, cfg)
+    tiling = bundle_tiling(meta, cfg, profile)
     here = Path(__file__).resolve().parent
+    names = (cfg["onnx"]["input_name"], cfg["onnx"]["output_name"])
     with atomic_dir(out) as tmp:
         for name in (*variants.values(), *REPORTS):
             shutil.copyfile(export_dir / name, tmp / name)
@@ -183,7 +274,8 @@ def build_bundle(export_dir: str | os.PathLike, out: str | os.PathLike, cfg: dic
                                                                          else "fp32"))
         os.chmod(tmp / "build_engine.sh", 0o755)
         check_inputs = copy_samples(manifest, meta["input_views"], tmp / "samples") if manifest else []
-        content = bundle_manifest(meta, cfg, variants, quality, parity, ops, check_inputs)
+        check = stored_check(tmp, variants, meta, cfg, profile, manifest, names)
+        content = bundle_manifest(meta, cfg, variants, quality, parity, ops, check_inputs, profile, tiling, check)
         content["files"] = {p.relative_to(tmp).as_posix(): sha256_file(p)
                             for p in sorted(tmp.rglob("*")) if p.is_file()}
         atomic_write_json(tmp / "manifest.json", content)

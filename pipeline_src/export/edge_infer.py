@@ -1,30 +1,36 @@
 #!/usr/bin/env python3
-"""Deblur an image with an exported model, on a device that has only numpy, OpenCV and one runtime.
+"""Deblur an image of any size with an exported model, on a device that has numpy, OpenCV and one runtime.
 
-This file is the edge bundle's `infer.py` (copied verbatim by `python -m pipeline_src bundle`), so it imports
-nothing from the pipeline: numpy, OpenCV, and onnxruntime (for *.onnx) or tensorrt (for *.plan / *.engine).
-TensorRT needs device memory; it is allocated through the CUDA runtime library with ctypes, so no pycuda or
-torch is needed either. The pipeline imports it too (engine checks, latency benchmark).
+This file is the edge bundle's `infer.py` (copied verbatim by `python -m pipeline_src bundle`, beside
+`edge_cuda.py` and `edge_tiling.py`), so it imports nothing from the pipeline: numpy, OpenCV, and onnxruntime
+(for *.onnx) or tensorrt (for *.plan / *.engine). TensorRT's device memory comes from the CUDA runtime through
+ctypes (edge_cuda.py): no pycuda or torch. The pipeline imports it too (engine checks, latency benchmark).
 
-    python infer.py --model model_fp16.onnx --input blurry.png --output sharp.png
-    python infer.py --model kpac-sm87-trt10.3.0-fp16.plan --input left.png right.png --output sharp.png
-    python infer.py --check --onnx model_fp16.onnx --model kpac-sm87-trt10.3.0-fp16.plan [--input img.png]
+    python3 infer.py --model model_fp16.onnx --input blurry.png --output sharp.png
+    python3 infer.py --model kpac-orin_16sm-sm87-trt10.3.0-fp16.plan --input frame_1080p.png --output sharp.png
+    python3 infer.py --check --model kpac-orin_16sm-sm87-trt10.3.0-fp16.plan      # vs the stored fp32 output
 
 What the model expects comes from the bundle's manifest.json (next to this file; --manifest to change it), or
 from an ONNX file's own metadata: input 1 x 3*views x H x W float32, RGB, each view divided by 255 (8-bit) or
-65535 (16-bit) to [0, 1], views concatenated along channels in the manifest's order. The image is padded to
-the size multiple by repeating its last row and column (what the model does itself), run, and cropped back.
-The output is written at the input's bit depth: RGB clipped to [0, 1] (restoration) or the in-focus
-probability as a grey image (detection).
+65535 (16-bit), views concatenated along channels in the manifest's order. The image is padded to the size
+multiple by repeating its last row and column (what the model does itself), run, and cropped back. A frame
+larger than a TensorRT engine's optimisation profile is run in overlapping tiles inside the profile and blended
+(edge_tiling.py; tile size and overlap from the manifest's `tiling`). The output is written at the input's bit
+depth: RGB clipped to [0, 1] (restoration) or the in-focus probability as a grey image (detection).
+
+`--check` runs an engine on the bundle's stored check input and compares it with the stored output of the fp32
+model (made when the bundle was made), so no onnxruntime is needed on the device; the PSNR floor for the
+engine's precision is in the manifest. The check's report goes to a file (--report), never to standard output:
+TensorRT's own logger and other libraries print there. TensorRT messages go to standard error through this
+script's own logger. Exit codes: 0 done (check passed), 1 check failed, 2 cannot run (the message says why).
 """
 from __future__ import annotations
 
 import argparse
-import ctypes
-import ctypes.util
-import glob
 import json
+import math
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,8 +38,32 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+if __package__:  # inside the pipeline
+    from . import edge_cuda, edge_tiling
+else:  # inside a bundle, next to this file
+    import edge_cuda
+    import edge_tiling
+
 ENGINE_SUFFIXES = (".plan", ".engine")
-DEFAULT_MIN_PSNR_DB = 40.0  # --check without a manifest: engine vs ONNX Runtime
+SUPPORTED_TENSORRT_MAJORS = (10, 11)  # strongly typed networks: the ONNX variant decides the precision
+DEFAULT_MIN_PSNR_DB = 40.0  # --check --onnx without a manifest floor
+PSNR_CAP_DB = 100.0
+EXIT_CHECK_FAILED, EXIT_CANNOT_RUN = 1, 2
+# <model>-<device key>-sm<cc>-trt<version>-<precision>.plan, as trt_builder.engine_name writes it
+ENGINE_NAME = re.compile(r"^(?P<model>.+)-(?P<device>[a-z0-9_]+_\d+sm-sm\d+)-trt(?P<tensorrt>\d+\.\d+(?:\.\d+)?)"
+                         r"-(?P<precision>fp32|fp16|int8)\.(?:plan|engine)$")
+
+
+class CannotRun(Exception):
+    """A problem the user fixes (a file, an argument, the device): printed as one `error:` line, exit 2."""
+
+
+class UnsupportedTensorRT(RuntimeError):
+    """A TensorRT version these scripts do not build or run engines with."""
+
+
+class EngineMismatch(RuntimeError):
+    """An engine built for another device or TensorRT version than this one."""
 
 
 # ------------------------------------------------------------------------------------------------ images
@@ -41,25 +71,40 @@ def read_image(path) -> np.ndarray:
     """uint8/uint16 RGB (H, W, 3) at the file's bit depth."""
     img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if img is None:
-        raise SystemExit(f"{path}: not a readable image")
+        raise CannotRun(f"{path}: not a readable image")
     if img.dtype not in (np.uint8, np.uint16):
-        raise SystemExit(f"{path}: {img.dtype} samples; expected 8- or 16-bit")
+        raise CannotRun(f"{path}: {img.dtype} samples; expected 8- or 16-bit")
     if img.ndim == 2:
         img = np.repeat(img[:, :, None], 3, axis=2)
     return np.ascontiguousarray(img[:, :, 2::-1])  # BGR(A) -> RGB
 
 
 def write_image(path, img: np.ndarray) -> None:
+    """Written under a temporary name and renamed, so a killed run leaves no half image under `path`."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.partial{path.suffix}")
     arr = img[:, :, ::-1] if img.ndim == 3 else img
-    if not cv2.imwrite(str(path), np.ascontiguousarray(arr)):
-        raise SystemExit(f"{path}: OpenCV could not write it (check the suffix, e.g. .png)")
+    try:
+        if not cv2.imwrite(str(tmp), np.ascontiguousarray(arr)):
+            raise CannotRun(f"{path}: OpenCV could not write it (check the folder and the suffix, e.g. .png)")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_json(path, obj) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
 
 
 def to_input(images: list[np.ndarray]) -> np.ndarray:
     """View images (model order) -> 1 x C x H x W float32 in [0, 1]."""
     shapes = {img.shape for img in images}
     if len(shapes) != 1 or len({img.dtype for img in images}) != 1:
-        raise SystemExit(f"input views differ in size or bit depth: {[(i.shape, str(i.dtype)) for i in images]}")
+        raise CannotRun(f"input views differ in size or bit depth: {[(i.shape, str(i.dtype)) for i in images]}")
     x = np.concatenate([img.astype(np.float32) / float(np.iinfo(img.dtype).max) for img in images], axis=2)
     return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
 
@@ -68,33 +113,89 @@ def pad_to_multiple(x: np.ndarray, multiple: int, min_hw: tuple[int, int] = (1, 
                     ) -> tuple[np.ndarray, tuple[int, int]]:
     """Repeat the last row/column up to a multiple of `multiple`, and at least `min_hw` (an engine's smallest
     profile size); returns the padded array and the original (height, width)."""
-    h, w = x.shape[-2:]
-    ph = -(-max(h, min_hw[0]) // multiple) * multiple - h
-    pw = -(-max(w, min_hw[1]) // multiple) * multiple - w
-    if ph or pw:
-        x = np.pad(x, ((0, 0), (0, 0), (0, ph), (0, pw)), mode="edge")
-    return np.ascontiguousarray(x), (h, w)
+    return edge_tiling.pad_to(x, multiple, min_hw), tuple(x.shape[-2:])
+
+
+def scored(y: np.ndarray, task: str) -> np.ndarray:
+    """Raw output -> what is written and compared: RGB clipped to [0, 1], or the in-focus probability."""
+    y = y.astype(np.float64)
+    return 1.0 / (1.0 + np.exp(-y)) if task == "detection" else np.clip(y, 0.0, 1.0)
 
 
 def to_image(y: np.ndarray, task: str, dtype) -> np.ndarray:
     """Model output (1 x C x H x W) -> RGB (restoration) or grey probability (detection) at `dtype`."""
-    top = float(np.iinfo(dtype).max)
-    if task == "detection":
-        out = 1.0 / (1.0 + np.exp(-y[0, 0].astype(np.float64)))
-    else:
-        out = np.clip(y[0].transpose(1, 2, 0).astype(np.float64), 0.0, 1.0)
-    return np.round(out * top).astype(dtype)
+    out = scored(y[0, :1] if task == "detection" else y[0], task)
+    out = out[0] if task == "detection" else out.transpose(1, 2, 0)
+    return np.round(out * float(np.iinfo(dtype).max)).astype(dtype)
 
 
-def compare_outputs(reference: np.ndarray, test: np.ndarray) -> dict:
-    """Max absolute difference and PSNR (data range 1, outputs clipped to [0, 1]) between two raw outputs."""
+def compare_outputs(reference: np.ndarray, test: np.ndarray, task: str = "restoration") -> dict:
+    """Max absolute difference of the raw outputs and PSNR (data range 1) of what is written (clipped RGB, or
+    the probability for detection). Non-finite outputs give psnr_db None."""
     if reference.shape != test.shape:
         raise ValueError(f"outputs differ in shape: {reference.shape} vs {test.shape}")
-    a = np.clip(reference.astype(np.float64), 0, 1)
-    b = np.clip(test.astype(np.float64), 0, 1)
-    mse = float(np.mean((a - b) ** 2))
-    return {"max_abs_diff": float(np.abs(reference.astype(np.float64) - test).max()),
-            "psnr_db": 100.0 if mse == 0 else min(100.0, float(10 * np.log10(1.0 / mse)))}
+    finite = bool(np.isfinite(test).all() and np.isfinite(reference).all())
+    diff = np.abs(reference.astype(np.float64) - test.astype(np.float64))
+    if not finite:
+        return {"max_abs_diff": None, "psnr_db": None, "finite": False}
+    mse = float(np.mean((scored(reference, task) - scored(test, task)) ** 2))
+    psnr = PSNR_CAP_DB if mse == 0 else min(PSNR_CAP_DB, 10 * math.log10(1.0 / mse))
+    return {"max_abs_diff": float(diff.max()), "psnr_db": psnr, "finite": True}
+
+
+# ----------------------------------------------------------------------------------------------- TensorRT
+def tensorrt_major(version: str) -> int:
+    head = str(version).split(".")[0]
+    if not head.isdigit():
+        raise UnsupportedTensorRT(f"TensorRT version {version!r} is not MAJOR.MINOR.PATCH")
+    return int(head)
+
+
+def require_supported_tensorrt(version: str, where: str) -> None:
+    """Refuse TensorRT versions these scripts do not support, naming the version found and the ones needed."""
+    if tensorrt_major(version) not in SUPPORTED_TENSORRT_MAJORS:
+        raise UnsupportedTensorRT(
+            f"{where} is TensorRT {version}; these scripts need TensorRT "
+            f"{' or '.join(f'{m}.x' for m in SUPPORTED_TENSORRT_MAJORS)} (strongly typed networks: older versions "
+            "would build the fp16/int8 ONNX in another precision than its name says); on Jetson use JetPack 6")
+
+
+def stderr_logger(trt, min_severity: str = "WARNING"):
+    """A trt.ILogger that writes to standard error. trt.Logger prints to standard output (std::cout in
+    TensorRT's pyCore.cpp), where it would corrupt anything a caller reads from there.
+    Keep a reference to it as long as the builder, runtime or engine using it lives."""
+    order = ["INTERNAL_ERROR", "ERROR", "WARNING", "INFO", "VERBOSE"]
+    letters = dict(zip(order, "FEWIV"))
+    limit = order.index(min_severity)
+
+    class StderrLogger(trt.ILogger):
+        def __init__(self):
+            trt.ILogger.__init__(self)  # pybind11 trampolines need the base initialiser called explicitly
+
+        def log(self, severity, msg):
+            name = getattr(severity, "name", str(severity)).split(".")[-1]
+            if name in order and order.index(name) <= limit:
+                print(f"[TRT] [{letters[name]}] {msg}", file=sys.stderr, flush=True)
+
+    return StderrLogger()
+
+
+def parse_engine_name(path) -> dict | None:
+    """{"model", "device", "tensorrt", "precision"} from an engine file name written by build_engine.py."""
+    m = ENGINE_NAME.match(Path(path).name)
+    return m.groupdict() if m else None
+
+
+def require_engine_for_this_device(path, device_key: str, trt_version: str) -> None:
+    """An engine named for another device or TensorRT version is refused before TensorRT tries to load it."""
+    named = parse_engine_name(path)
+    if named is None:
+        return  # renamed by hand: TensorRT's own deserialization check is all there is
+    here = ".".join(str(trt_version).split(".")[:3])
+    if named["device"] != device_key or named["tensorrt"] != here:
+        raise EngineMismatch(f"{path}: built for {named['device']} with TensorRT {named['tensorrt']}; this is "
+                             f"{device_key} with TensorRT {here}: build one here with ./build_engine.sh "
+                             f"{named['precision']}")
 
 
 # -------------------------------------------------------------------------------------------- model spec
@@ -105,12 +206,19 @@ class ModelSpec:
     task: str
     input_name: str = "input"
     output_name: str = "output"
+    tile_hw: tuple[int, int] | None = None  # None: the engine profile's maximum
+    tile_overlap: int = 64
+    tile_margin: int = 16
 
     @classmethod
     def from_manifest(cls, path) -> "ModelSpec":
         m = json.loads(Path(path).read_text())
+        tiling = m.get("tiling", {})
+        tile = tiling.get("tile")
         return cls(tuple(m["input"]["views"]), int(m["input"]["size_multiple"]), m["output"]["task"],
-                   m["input"]["name"], m["output"]["name"])
+                   m["input"]["name"], m["output"]["name"],
+                   (int(tile["height"]), int(tile["width"])) if tile else None,
+                   int(tiling.get("overlap", 64)), int(tiling.get("margin", 16)))
 
     @classmethod
     def from_onnx(cls, path) -> "ModelSpec":
@@ -119,7 +227,7 @@ class ModelSpec:
         meta = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_modelmeta()
         props = meta.custom_metadata_map
         if "pipeline.size_multiple" not in props:
-            raise SystemExit(f"{path}: no pipeline metadata; pass --manifest")
+            raise CannotRun(f"{path}: no pipeline metadata; pass --manifest")
         return cls(tuple(json.loads(props["pipeline.input_views"])), int(props["pipeline.size_multiple"]),
                    props["pipeline.task"])
 
@@ -127,6 +235,7 @@ class ModelSpec:
 # --------------------------------------------------------------------------------------------- runtimes
 class OnnxRuntimeModel:
     min_hw = (1, 1)  # dynamic height and width: any size
+    max_hw = None
 
     def __init__(self, path, spec: ModelSpec, providers=None, threads: int | None = None):
         import onnxruntime as ort
@@ -140,95 +249,39 @@ class OnnxRuntimeModel:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self.session.run([self.spec.output_name], {self.spec.input_name: x})[0]
 
-
-class CudaRuntime:
-    """The few CUDA runtime calls TensorRT inference needs, through ctypes (libcudart ships with TensorRT)."""
-    H2D, D2H = 1, 2
-    ATTR_CC_MAJOR, ATTR_CC_MINOR = 75, 76  # cudaDevAttrComputeCapabilityMajor / Minor
-
-    def __init__(self):
-        self.lib = self._load()
-        self.lib.cudaGetErrorString.restype = ctypes.c_char_p
-
-    @staticmethod
-    def _candidates() -> list[str]:
-        names = [ctypes.util.find_library("cudart")] + [f"libcudart.so{v}" for v in ("", ".13", ".12", ".11.0")]
-        for base in sys.path:  # the CUDA runtime wheels TensorRT's pip packages depend on
-            names += sorted(glob.glob(os.path.join(base, "nvidia", "*", "lib", "libcudart.so*")), reverse=True)
-        return [n for n in names if n]
-
-    def _load(self):
-        errors = []
-        for name in self._candidates():
-            try:
-                return ctypes.CDLL(name)
-            except OSError as e:
-                errors.append(f"{name}: {e}")
-        raise RuntimeError("CUDA runtime library (libcudart) not found; tried " + "; ".join(errors[:6]))
-
-    def check(self, err: int, what: str) -> None:
-        if err != 0:
-            raise RuntimeError(f"CUDA {what} failed: {self.lib.cudaGetErrorString(err).decode()} (error {err})")
-
-    def device_count(self) -> int:
-        n = ctypes.c_int(0)
-        err = self.lib.cudaGetDeviceCount(ctypes.byref(n))
-        return n.value if err == 0 else 0
-
-    def compute_capability(self, device: int = 0) -> tuple[int, int]:
-        major, minor = ctypes.c_int(), ctypes.c_int()
-        self.check(self.lib.cudaDeviceGetAttribute(ctypes.byref(major), self.ATTR_CC_MAJOR, device), "attribute")
-        self.check(self.lib.cudaDeviceGetAttribute(ctypes.byref(minor), self.ATTR_CC_MINOR, device), "attribute")
-        return major.value, minor.value
-
-    def malloc(self, nbytes: int) -> int:
-        ptr = ctypes.c_void_p()
-        self.check(self.lib.cudaMalloc(ctypes.byref(ptr), ctypes.c_size_t(nbytes)), f"cudaMalloc({nbytes})")
-        return ptr.value
-
-    def free(self, ptr: int) -> None:
-        self.check(self.lib.cudaFree(ctypes.c_void_p(ptr)), "cudaFree")
-
-    def to_device(self, ptr: int, host: np.ndarray) -> None:
-        self.check(self.lib.cudaMemcpy(ctypes.c_void_p(ptr), host.ctypes.data_as(ctypes.c_void_p),
-                                       ctypes.c_size_t(host.nbytes), self.H2D), "copy to device")
-
-    def to_host(self, host: np.ndarray, ptr: int) -> None:
-        self.check(self.lib.cudaMemcpy(host.ctypes.data_as(ctypes.c_void_p), ctypes.c_void_p(ptr),
-                                       ctypes.c_size_t(host.nbytes), self.D2H), "copy to host")
-
-    def stream(self) -> int:
-        s = ctypes.c_void_p()
-        self.check(self.lib.cudaStreamCreate(ctypes.byref(s)), "cudaStreamCreate")
-        return s.value or 0
-
-    def synchronize(self, stream: int) -> None:
-        self.check(self.lib.cudaStreamSynchronize(ctypes.c_void_p(stream)), "cudaStreamSynchronize")
+    def close(self) -> None:
+        pass
 
 
 class TensorRTModel:
-    """A serialized engine (TensorRT 10 or 11) with float32 input and output."""
+    """A serialized engine (TensorRT 10 or 11) with float32 input and output, one optimisation profile."""
 
     def __init__(self, path, spec: ModelSpec):
-        import tensorrt as trt
+        import tensorrt as trt  # first: its wheel loads the CUDA runtime that edge_cuda then prefers
 
-        self.trt, self.spec, self.cuda = trt, spec, CudaRuntime()
-        if self.cuda.device_count() < 1:
-            raise RuntimeError("no CUDA device visible")
-        self.logger = trt.Logger(trt.Logger.WARNING)
+        require_supported_tensorrt(trt.__version__, "the tensorrt Python package")
+        self.trt, self.spec, self.path = trt, spec, Path(path)
+        self.cuda = edge_cuda.CudaRuntime()
+        self.device = self.cuda.device()
+        require_engine_for_this_device(path, self.device.key, trt.__version__)
+        self._buffers: dict[str, tuple[int, int]] = {}  # name -> (device pointer, bytes); grown, then reused
+        self.stream = 0
+        self.logger = stderr_logger(trt)
         self.runtime = trt.Runtime(self.logger)  # kept: the engine must not outlive its runtime
         self.engine = self.runtime.deserialize_cuda_engine(Path(path).read_bytes())
         if self.engine is None:
-            raise RuntimeError(f"{path}: TensorRT could not deserialize it (built for another GPU or TensorRT "
-                               f"version than {trt.__version__}? engines are not portable: rebuild on this device)")
+            raise EngineMismatch(f"{path}: TensorRT {trt.__version__} could not deserialize it (built for another "
+                                 f"GPU or TensorRT version than {self.device.key}? engines are not portable: build "
+                                 "one here with ./build_engine.sh)")
         self.context = self.engine.create_execution_context()
         for name in (spec.input_name, spec.output_name):
             if self.engine.get_tensor_dtype(name) != trt.DataType.FLOAT:
-                raise RuntimeError(f"{path}: tensor {name!r} is {self.engine.get_tensor_dtype(name)}, expected FLOAT")
+                raise EngineMismatch(f"{path}: tensor {name!r} is {self.engine.get_tensor_dtype(name)}, "
+                                     "expected FLOAT")
         self.stream = self.cuda.stream()
-        profile_min = self.engine.get_tensor_profile_shape(spec.input_name, 0)[0]
-        self.min_hw = (int(profile_min[2]), int(profile_min[3]))
-        self._buffers: dict[str, tuple[int, int]] = {}  # name -> (device pointer, bytes); grown, then reused
+        shapes = self.engine.get_tensor_profile_shape(spec.input_name, 0)
+        self.min_hw = (int(shapes[0][2]), int(shapes[0][3]))
+        self.max_hw = (int(shapes[2][2]), int(shapes[2][3]))
 
     def _buffer(self, name: str, nbytes: int) -> int:
         ptr, size = self._buffers.get(name, (0, 0))
@@ -249,7 +302,7 @@ class TensorRTModel:
         self.cuda.to_device(self._buffer(self.spec.input_name, x.nbytes), x)
         d_out = self._buffer(self.spec.output_name, y.nbytes)
         if not self.context.execute_async_v3(self.stream):
-            raise RuntimeError("TensorRT execute_async_v3 failed")
+            raise RuntimeError("TensorRT execute_async_v3 failed (see the [TRT] lines above)")
         self.cuda.synchronize(self.stream)
         self.cuda.to_host(y, d_out)
         return y
@@ -258,23 +311,80 @@ class TensorRTModel:
         for ptr, _ in self._buffers.values():
             self.cuda.free(ptr)
         self._buffers.clear()
+        if self.stream:
+            self.cuda.destroy_stream(self.stream)
+            self.stream = 0
 
 
 def load_model(path, spec: ModelSpec):
     path = Path(path)
     if not path.is_file():
-        raise SystemExit(f"{path}: no such model file")
+        raise CannotRun(f"{path}: no such model file")
     if path.suffix in ENGINE_SUFFIXES:
         return TensorRTModel(path, spec)
     if path.suffix == ".onnx":
         return OnnxRuntimeModel(path, spec)
-    raise SystemExit(f"{path}: unknown model type; expected .onnx or {' / '.join(ENGINE_SUFFIXES)}")
+    raise CannotRun(f"{path}: unknown model type; expected .onnx or {' / '.join(ENGINE_SUFFIXES)}")
 
 
 def run_padded(model, x: np.ndarray, multiple: int, min_hw: tuple[int, int] | None = None) -> np.ndarray:
     """Pad to the size multiple (and the model's smallest size), run, crop back to the input's height and width."""
     padded, (h, w) = pad_to_multiple(x, multiple, min_hw or model.min_hw)
     return model(padded)[:, :, :h, :w]
+
+
+def tiling_for(model, spec: ModelSpec) -> edge_tiling.TileSpec | None:
+    """The tiling a model needs for frames beyond its largest size (None: no limit, e.g. ONNX Runtime)."""
+    max_hw = getattr(model, "max_hw", None)
+    if max_hw is None:
+        return None
+    tile = spec.tile_hw or max_hw
+    tile = (min(tile[0], max_hw[0]), min(tile[1], max_hw[1]))
+    return edge_tiling.plan(tile, spec.tile_overlap, spec.tile_margin, spec.size_multiple, model.min_hw)
+
+
+def run_any_size(model, x: np.ndarray, spec: ModelSpec) -> np.ndarray:
+    """model(x) at x's size: one run where the padded frame fits the model, overlapping tiles where it does not."""
+    tiles = tiling_for(model, spec)
+    if tiles is None:
+        return run_padded(model, x, spec.size_multiple)
+    return edge_tiling.run_tiled(model, x, tiles)
+
+
+# ------------------------------------------------------------------------------------------------- check
+def stored_check(manifest_path) -> tuple[dict, Path]:
+    """The manifest's `check` entry (stored input, fp32 output, floors) and the bundle folder."""
+    manifest_path = Path(manifest_path)
+    if not manifest_path.is_file():
+        raise CannotRun(f"{manifest_path}: no bundle manifest; --check compares against the fp32 output stored "
+                        "in a bundle (or pass --onnx to compare with ONNX Runtime)")
+    check = json.loads(manifest_path.read_text()).get("check")
+    if not check:
+        raise CannotRun(f"{manifest_path}: no `check` entry (a bundle made before stored checks); remake the bundle")
+    return check, manifest_path.parent
+
+
+def check_against_stored(run, check: dict, folder: Path, precision: str, task: str) -> dict:
+    """Run `run` on the stored check input and compare with the stored fp32 output (PSNR floor per precision)."""
+    x = np.load(folder / check["input"])
+    reference = np.load(folder / check["reference"])
+    floors = check["min_psnr_vs_fp32_db"]
+    if precision not in floors:
+        raise CannotRun(f"no PSNR floor for precision {precision!r} in the manifest's check (has {sorted(floors)})")
+    result = compare_outputs(reference, run(x), task)
+    passed = result["psnr_db"] is not None and result["psnr_db"] >= floors[precision]
+    return {"against": f"{check['reference']} (fp32 model, stored when the bundle was made)",
+            "input": check["input"], "size": f"{x.shape[3]}x{x.shape[2]}", "precision": precision, **result,
+            "min_psnr_db": floors[precision], "passed": passed}
+
+
+def engine_precision(path, given: str | None) -> str:
+    if given:
+        return given
+    named = parse_engine_name(path)
+    if named is None:
+        raise CannotRun(f"{path}: cannot tell its precision from the name; pass --precision fp32|fp16|int8")
+    return named["precision"]
 
 
 # ------------------------------------------------------------------------------------------------- main
@@ -287,28 +397,15 @@ def parse_args(argv=None):
     p.add_argument("--manifest", default=str(Path(__file__).resolve().with_name("manifest.json")),
                    help="bundle manifest (default: manifest.json next to this script)")
     p.add_argument("--check", action="store_true",
-                   help="run --model and --onnx on the same input and compare (exit 1 below --min-psnr); "
-                        "without --input it uses the manifest's check_inputs, or seeded noise")
-    p.add_argument("--onnx", help="with --check: the ONNX the engine was built from")
-    p.add_argument("--min-psnr", type=float,
-                   help="with --check: PSNR (dB) the outputs must reach (default: the manifest's for that "
-                        f"variant, else {DEFAULT_MIN_PSNR_DB:g})")
+                   help="compare --model with the fp32 output stored in the bundle (exit 1 below the floor); "
+                        "with --onnx, with ONNX Runtime on that file instead")
+    p.add_argument("--onnx", help="with --check: compare with this ONNX file in ONNX Runtime (needs onnxruntime)")
+    p.add_argument("--precision", choices=("fp32", "fp16", "int8"),
+                   help="with --check: the model's precision (default: from the engine's file name)")
+    p.add_argument("--min-psnr", type=float, help="with --check --onnx: PSNR floor in dB (default: the manifest's "
+                                                  f"for that variant, else {DEFAULT_MIN_PSNR_DB:g})")
+    p.add_argument("--report", help="with --check: where the JSON report goes (default: <model>.check.json)")
     return p.parse_args(argv)
-
-
-def check_defaults(args) -> tuple[list[str] | None, float]:
-    """--input and --min-psnr for --check when not given: from the bundle manifest where it has them."""
-    if not Path(args.manifest).is_file():
-        return args.input, DEFAULT_MIN_PSNR_DB if args.min_psnr is None else args.min_psnr
-    m = json.loads(Path(args.manifest).read_text())
-    here = Path(args.manifest).parent
-    inputs = args.input or [str(here / p) for p in m.get("check_inputs", [])] or None
-    min_psnr = args.min_psnr
-    if min_psnr is None:
-        by_file = {v["file"]: p for p, v in m.get("variants", {}).items()}
-        precision = by_file.get(Path(args.onnx or "").name)
-        min_psnr = m.get("tensorrt", {}).get("min_psnr_vs_onnxruntime_db", {}).get(precision, DEFAULT_MIN_PSNR_DB)
-    return inputs, float(min_psnr)
 
 
 def model_spec(args) -> ModelSpec:
@@ -317,43 +414,84 @@ def model_spec(args) -> ModelSpec:
     onnx_file = args.model if args.model.endswith(".onnx") else args.onnx
     if onnx_file:
         return ModelSpec.from_onnx(onnx_file)
-    raise SystemExit(f"{args.manifest}: no manifest, and no ONNX file to read the model's metadata from")
+    raise CannotRun(f"{args.manifest}: no manifest, and no ONNX file to read the model's metadata from")
+
+
+def onnx_floor(args) -> float:
+    if args.min_psnr is not None:
+        return args.min_psnr
+    if Path(args.manifest).is_file():
+        m = json.loads(Path(args.manifest).read_text())
+        by_file = {v["file"]: p for p, v in m.get("variants", {}).items()}
+        precision = by_file.get(Path(args.onnx).name)
+        return float(m.get("tensorrt", {}).get("min_psnr_vs_onnxruntime_db", {}).get(precision, DEFAULT_MIN_PSNR_DB))
+    return DEFAULT_MIN_PSNR_DB
+
+
+def run_check(args, spec: ModelSpec, model) -> int:
+    run = (lambda x: run_any_size(model, x, spec))
+    if args.onnx:  # live comparison with ONNX Runtime, on --input or the stored check input
+        reference_model = OnnxRuntimeModel(args.onnx, spec)
+        if args.input:
+            x = to_input([read_image(p) for p in args.input])
+        else:
+            check, folder = stored_check(args.manifest)
+            x = np.load(folder / check["input"])
+        floor = onnx_floor(args)
+        result = compare_outputs(run_padded(reference_model, x, spec.size_multiple, model.min_hw), run(x), spec.task)
+        passed = result["psnr_db"] is not None and result["psnr_db"] >= floor
+        report = {"against": f"{args.onnx} in ONNX Runtime", "size": f"{x.shape[3]}x{x.shape[2]}", **result,
+                  "min_psnr_db": floor, "passed": passed}
+    else:
+        check, folder = stored_check(args.manifest)
+        precision = (engine_precision(args.model, args.precision) if Path(args.model).suffix in ENGINE_SUFFIXES
+                     else args.precision or "fp32")
+        report = check_against_stored(run, check, folder, precision, spec.task)
+    report = {"model": args.model, **report}
+    out = args.report or f"{args.model}.check.json"
+    write_json(out, report)
+    psnr = "non-finite output" if report["psnr_db"] is None else f"PSNR {report['psnr_db']:.2f} dB"
+    verdict = "passed" if report["passed"] else "FAILED"
+    print(f"check {verdict}: {args.model} vs {report['against']}: {psnr} (floor {report['min_psnr_db']:g} dB); "
+          f"report {out}", file=sys.stderr)
+    return 0 if report["passed"] else EXIT_CHECK_FAILED
+
+
+def run_images(args, spec: ModelSpec, model) -> int:
+    if not args.input:
+        raise CannotRun("--input is required (or --check)")
+    if len(args.input) != len(spec.views):
+        raise CannotRun(f"the model reads {len(spec.views)} view(s) {list(spec.views)}; got {len(args.input)} "
+                        "image(s)")
+    images = [read_image(p) for p in args.input]
+    x = to_input(images)
+    y = run_any_size(model, x, spec)
+    tiles = tiling_for(model, spec)
+    count = edge_tiling.count_tiles(x.shape[2], x.shape[3], tiles) if tiles else 1
+    if args.output:
+        write_image(args.output, to_image(y, spec.task, images[0].dtype))
+        print(f"{args.output}: {y.shape[3]}x{y.shape[2]}, {np.iinfo(images[0].dtype).bits}-bit"
+              + (f", {count} tiles" if count > 1 else ""), file=sys.stderr)
+    return 0
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    spec = model_spec(args)
-    if args.check:
-        args.input, args.min_psnr = check_defaults(args)
-    if args.input:
-        if len(args.input) != len(spec.views):
-            raise SystemExit(f"the model reads {len(spec.views)} view(s) {list(spec.views)}; got {len(args.input)} "
-                             "image(s)")
-        images = [read_image(p) for p in args.input]
-        x = to_input(images)
-    elif args.check:  # no image given: seeded noise at a size every profile holds
-        images = None
-        x = np.random.default_rng(0).random((1, 3 * len(spec.views), 256, 256), dtype=np.float32)
-    else:
-        raise SystemExit("--input is required (or --check to compare on noise)")
-    model = load_model(args.model, spec)
-    y = run_padded(model, x, spec.size_multiple)
-    if args.check:
-        if not args.onnx:
-            raise SystemExit("--check needs --onnx (the ONNX file to compare with)")
-        ref = run_padded(OnnxRuntimeModel(args.onnx, spec), x, spec.size_multiple, model.min_hw)
-        result = compare_outputs(ref, y)
-        ok = result["psnr_db"] >= args.min_psnr
-        print(json.dumps({"model": args.model, "onnx": args.onnx, **result, "min_psnr_db": args.min_psnr,
-                          "passed": ok}))
-        if not ok:
-            return 1
-    if args.output:
-        if images is None:
-            raise SystemExit("--output needs --input")
-        write_image(args.output, to_image(y, spec.task, images[0].dtype))
-        print(f"{args.output}: {y.shape[3]}x{y.shape[2]}, {np.iinfo(images[0].dtype).bits}-bit", file=sys.stderr)
-    return 0
+    model = None
+    try:
+        spec = model_spec(args)
+        model = load_model(args.model, spec)
+        return run_check(args, spec, model) if args.check else run_images(args, spec, model)
+    except (CannotRun, UnsupportedTensorRT, EngineMismatch, edge_cuda.CudaUnavailable) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_CANNOT_RUN
+    except ImportError as e:
+        print(f"error: {args.model} needs {e.name or 'a runtime'} (not importable here: {e}); ONNX files need "
+              "onnxruntime, engines need TensorRT's Python package (JetPack: python3-libnvinfer)", file=sys.stderr)
+        return EXIT_CANNOT_RUN
+    finally:
+        if model is not None:
+            model.close()
 
 
 if __name__ == "__main__":

@@ -5,8 +5,10 @@
                       the pipeline's facts about the model (views, size multiple, task, ...) in its metadata
     DIR/parity.json   ONNX Runtime vs PyTorch, max absolute difference per size (fp32, limit 1e-4)
     DIR/ops.json      operator audit against the TensorRT ONNX parser's list (op_audit.py)
-model.onnx appears only when `onnx.checker`, the audit and the parity check all pass; a failure leaves the
-reports saying why and no model.onnx. The legacy TorchScript exporter is used (`dynamo=False`): the dynamo
+model.onnx appears only when `onnx.checker`, the audit and the parity check all pass; the three files are written
+together (fileio.output_set: parity.json, ops.json, then model.onnx, the file later stages read, last), so a
+killed run never leaves a model.onnx without its reports, nor reports of one run beside a model of another. A
+failed check leaves the reports saying why (passed: false) and no model.onnx. The legacy TorchScript exporter is used (`dynamo=False`): the dynamo
 exporter fails on in-graph padding in torch 2.13.
 Parity inputs are crops of the first test image of `--manifest` when one is given (real image statistics),
 else seeded uniform noise.
@@ -19,6 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pipeline_src.errors import ExportError
 from pipeline_src.export import DEFAULT_CONFIG, format_size, load_export_config, parse_size
 
 METADATA_PREFIX = "pipeline."
@@ -156,7 +159,7 @@ def export_checkpoint(checkpoint: str, out: str | os.PathLike, cfg: dict[str, An
     import torch
 
     from pipeline_src.export.op_audit import audit_model, load_op_table, require_supported
-    from pipeline_src.fileio import atomic_path, atomic_write_json, sha256_file
+    from pipeline_src.fileio import atomic_write_json, output_set, sha256_file
     from pipeline_src.model_io import load_model
 
     onnx_cfg = cfg["onnx"]
@@ -169,9 +172,9 @@ def export_checkpoint(checkpoint: str, out: str | os.PathLike, cfg: dict[str, An
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    final = out / "model.onnx"
-    for stale in (final, out / "parity.json", out / "ops.json"):
-        stale.unlink(missing_ok=True)  # a failed re-export must not leave the previous model looking current
+    final, parity_path, ops_path = out / "model.onnx", out / "parity.json", out / "ops.json"
+    for stale in (final, parity_path, ops_path):  # marker first: a failed re-export leaves no model looking current
+        stale.unlink(missing_ok=True)
 
     model, record = load_model(checkpoint)
     in_channels = 3 * len(record["input_views"])
@@ -180,24 +183,33 @@ def export_checkpoint(checkpoint: str, out: str | os.PathLike, cfg: dict[str, An
     metadata = model_metadata(record, in_channels, out_channels)
     metadata["checkpoint_sha256"] = sha256_file(checkpoint)
 
-    with atomic_path(final) as tmp:
-        export_onnx(model, tmp, in_channels, opset=opset, export_size=export_size, input_name=in_name,
-                    output_name=out_name, metadata=metadata)
-        check_model(tmp)
-        import onnx
+    refused: dict[Path, dict[str, Any]] = {}
+    try:
+        with output_set([parity_path, ops_path, final]) as temps:
+            tmp = temps[final]
+            export_onnx(model, tmp, in_channels, opset=opset, export_size=export_size, input_name=in_name,
+                        output_name=out_name, metadata=metadata)
+            check_model(tmp)
+            import onnx
 
-        ops = audit_model(onnx.load(str(tmp)), table)
-        atomic_write_json(out / "ops.json", ops)
-        require_supported(ops, f"{checkpoint} -> {final}")
-        inputs, source = parity_inputs(in_channels, check_sizes, int(onnx_cfg["parity"]["seed"]), manifest,
-                                       record["input_views"])
-        parity = check_parity(model, tmp, inputs, atol=atol, export_size=export_size, input_name=in_name)
-        parity.update({"inputs": source, "export_size": format_size(*export_size), "opset": opset,
-                       "checkpoint": str(checkpoint)})
-        atomic_write_json(out / "parity.json", parity)
-        if not parity["passed"]:
-            raise ValueError(f"{final}: ONNX Runtime differs from PyTorch by {parity['max_abs_diff']:.3g} > "
-                             f"{atol:g} (see {out / 'parity.json'}); model.onnx not written")
+            ops = audit_model(onnx.load(str(tmp)), table)
+            if not ops["passed"]:
+                refused[ops_path] = ops
+                require_supported(ops, f"{checkpoint} -> {final}")
+            inputs, source = parity_inputs(in_channels, check_sizes, int(onnx_cfg["parity"]["seed"]), manifest,
+                                           record["input_views"])
+            parity = check_parity(model, tmp, inputs, atol=atol, export_size=export_size, input_name=in_name)
+            parity.update({"inputs": source, "export_size": format_size(*export_size), "opset": opset,
+                           "checkpoint": str(checkpoint)})
+            if not parity["passed"]:
+                refused.update({ops_path: ops, parity_path: parity})
+                raise ExportError(f"{final}: ONNX Runtime differs from PyTorch by {parity['max_abs_diff']:.3g} > "
+                                  f"{atol:g} (see {parity_path}); model.onnx not written")
+            for path, report in ((parity_path, parity), (ops_path, ops)):
+                temps[path].write_text(json.dumps(report, indent=2) + "\n")
+    finally:
+        for path, report in refused.items():  # the reports of a refused export say why; no model.onnx beside them
+            atomic_write_json(path, report)
     return {"onnx": str(final), "parity": parity, "ops": ops}
 
 

@@ -3,9 +3,12 @@
 `python -m pipeline_src quantize --onnx DIR/model.onnx --manifest M --patches data/patches/<ds>/train` writes
     DIR/model_fp16.onnx  float16 weights and compute, float32 input and output (onnxruntime's converter)
     DIR/model_int8.onnx  Q/DQ nodes: int8, symmetric (zero points 0, as TensorRT requires), per-channel
-                         weights, biases kept float; activation ranges calibrated on training patches
+                         weights, biases kept float; activation ranges calibrated on training patches;
+                         operators TensorRT does not take in Q/DQ form (ConvTranspose) kept float (qdq_policy.py)
     DIR/quality.json     per variant: test-split score, drop against fp32, fidelity to fp32, operator audit
 The precision lives in the graph itself, which is what TensorRT 11 (strongly typed) builds from.
+The three files are written together (fileio.output_set: quality.json, model_int8.onnx, then model_fp16.onnx,
+the engine stage's input, last), so a killed run never leaves a model_fp16.onnx without its quality.json.
 Scoring, written down: restoration = PSNR (RGB, output clipped to [0, 1], data range 1, whole image, no border
 crop), drop = fp32 - variant in dB; detection = MAE of sigmoid(logits) against the in-focus mask, rise =
 variant - fp32. INT8 is accepted only within `max_int8_drop_db` (`max_int8_mae_rise`); otherwise the stage
@@ -13,8 +16,10 @@ exits 1, quality.json says why and no model_int8.onnx is left.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -116,9 +121,14 @@ def make_int8(src: str | os.PathLike, dst: str | os.PathLike, batches: list[np.n
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    from pipeline_src.export.qdq_policy import ops_to_quantize, require_float
+
+    op_types, kept_float = ops_to_quantize(qcfg)
     method = qcfg["calibration_method"]
     if method not in CalibrationMethod.__members__:
-        raise ValueError(f"quantize.calibration_method {method!r}; choose one of {list(CalibrationMethod.__members__)}")
+        from pipeline_src.config import ConfigError
+
+        raise ConfigError(f"quantize.calibration_method {method!r}; choose one of {list(CalibrationMethod.__members__)}")
     with tempfile.TemporaryDirectory(dir=Path(dst).parent) as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         # symbolic shape inference cannot follow the data-dependent padding amounts; ONNX's own inference can
@@ -128,12 +138,13 @@ def make_int8(src: str | os.PathLike, dst: str | os.PathLike, batches: list[np.n
             quant_format=QuantFormat.QDQ, per_channel=True,
             activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod[method],
-            op_types_to_quantize=list(qcfg["op_types_to_quantize"]),
+            op_types_to_quantize=op_types,
             extra_options={"WeightSymmetric": True, "ActivationSymmetric": True,
                            # TensorRT dequantizes only int8/fp8/int4 tensors: an int32 bias would not parse
                            "QuantizeBias": False},
         )
     int8 = onnx.load(str(dst))
+    require_float(int8, kept_float, str(dst))
     _copy_metadata(onnx.load(str(src), load_external_data=False), int8, "int8")
     onnx.checker.check_model(int8)
     onnx.save(int8, str(dst))
@@ -210,7 +221,8 @@ def quantize_model(onnx_path: str, manifest: str, patches: str, cfg: dict[str, A
 
     from pipeline_src.export.onnx_export import onnx_metadata
     from pipeline_src.export.op_audit import audit_model, load_op_table, require_supported
-    from pipeline_src.fileio import atomic_path, atomic_write_json
+    from pipeline_src.export.qdq_policy import ops_to_quantize
+    from pipeline_src.fileio import output_set, remove_stale_partials
 
     qcfg, input_name = cfg["quantize"], cfg["onnx"]["input_name"]
     src = Path(onnx_path)
@@ -218,14 +230,18 @@ def quantize_model(onnx_path: str, manifest: str, patches: str, cfg: dict[str, A
     out = Path(out) if out else src.parent
     out.mkdir(parents=True, exist_ok=True)
     names = {"fp16": out / "model_fp16.onnx", "int8": out / "model_int8.onnx"}
-    for stale in (*names.values(), out / "quality.json"):
+    quality_path = out / "quality.json"
+    for stale in (names["fp16"], names["int8"], quality_path):  # the marker (the engine stage's input) first
         stale.unlink(missing_ok=True)
     table = load_op_table(cfg["onnx"]["op_table"])
 
     batches = calibration_batches(patches, meta["input_views"], int(qcfg["calibration_patches"]),
                                   int(qcfg["calibration_batch"]), int(qcfg["seed"]))
-    with tempfile.TemporaryDirectory(dir=out, prefix=".quantize-") as tmp:
-        candidates = {"fp32": src, "fp16": Path(tmp) / "model_fp16.onnx", "int8": Path(tmp) / "model_int8.onnx"}
+    # scratch space named like the marker's temporaries, so the next run sweeps it away after a kill
+    remove_stale_partials(names["fp16"])
+    scratch = Path(tempfile.mkdtemp(prefix=f".{names['fp16'].name}.{os.getpid()}.", suffix=".partial", dir=out))
+    try:
+        candidates = {"fp32": src, "fp16": scratch / "model_fp16.onnx", "int8": scratch / "model_int8.onnx"}
         make_fp16(src, candidates["fp16"])
         make_int8(src, candidates["int8"], batches, qcfg, input_name)
         audits = {}
@@ -234,28 +250,32 @@ def quantize_model(onnx_path: str, manifest: str, patches: str, cfg: dict[str, A
             require_supported(audits[name], f"{names[name]} (made from {src})")
         rows = evaluate_variants(candidates, manifest, meta, input_name, qcfg["max_test_images"])
         report = summarise(rows, meta["task"], qcfg)
+        quantized, kept_float = ops_to_quantize(qcfg)
         report.update({
             "onnx": str(src), "task": meta["task"], "manifest": str(manifest),
             "protocol": ("PSNR on RGB, output clipped to [0, 1], data range 1, whole image, no border crop"
                          if meta["task"] != "detection" else "MAE of sigmoid(logits) against the in-focus mask"),
             "calibration": {"patches": sum(len(b) for b in batches), "from": str(patches),
                             "method": qcfg["calibration_method"], "seed": int(qcfg["seed"]),
-                            "op_types": list(qcfg["op_types_to_quantize"]), "activations": "int8 symmetric",
-                            "weights": "int8 symmetric per-channel", "bias": "float"},
+                            "op_types": quantized, "float_for_tensorrt": kept_float,
+                            "activations": "int8 symmetric", "weights": "int8 symmetric per-channel",
+                            "bias": "float"},
         })
         for name in ("fp16", "int8"):
             report["variants"][name]["ops"] = audits[name]["operators"]
         report["variants"]["fp32"]["file"] = src.name
         report["variants"]["fp16"]["file"] = names["fp16"].name
-        with atomic_path(names["fp16"]) as dst:
-            os.replace(candidates["fp16"], dst)
-        if report["variants"]["int8"]["accepted"]:
-            report["variants"]["int8"]["file"] = names["int8"].name
-            with atomic_path(names["int8"]) as dst:
-                os.replace(candidates["int8"], dst)
-        else:
-            report["variants"]["int8"]["file"] = None
-        atomic_write_json(out / "quality.json", report)
+        accepted = report["variants"]["int8"]["accepted"]
+        report["variants"]["int8"]["file"] = names["int8"].name if accepted else None
+        # written together: the report, the INT8 variant if accepted, the FP16 variant (the marker) last
+        files = [quality_path, *([names["int8"]] if accepted else []), names["fp16"]]
+        with output_set(files) as temps:
+            temps[quality_path].write_text(json.dumps(report, indent=2) + "\n")
+            if accepted:
+                os.replace(candidates["int8"], temps[names["int8"]])
+            os.replace(candidates["fp16"], temps[names["fp16"]])
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     return report
 
 

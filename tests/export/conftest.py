@@ -28,25 +28,29 @@ EXPORT_CONFIG = REPO / "config" / "export.yaml"
 OP_TABLE = REPO / "config" / "tensorrt_onnx_ops.yaml"
 
 
-# Runs a bundle script with `pipeline_src` and `torch` unimportable, so the test proves the script needs neither.
+# Runs a bundle script with `pipeline_src` and `torch` (and whatever DEVICE_REFUSE adds) unimportable, so the
+# test proves the script needs none of them; DEVICE_PATH adds folders to sys.path (the stand-in TensorRT site).
 HARNESS = """
-import importlib.abc, runpy, sys
+import importlib.abc, os, runpy, sys
+refused = {"pipeline_src", "torch", *filter(None, os.environ.get("DEVICE_REFUSE", "").split(","))}
 class Refuse(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("pipeline_src", "torch"):
-            raise ImportError(f"{name} is not available on the device")
+        if name.split(".")[0] in refused:
+            raise ImportError(f"{name} is not available on the device", name=name)
 sys.meta_path.insert(0, Refuse())
 script = sys.argv[1]
 sys.argv = sys.argv[1:]
 sys.path.insert(0, ".")
+sys.path += [p for p in os.environ.get("DEVICE_PATH", "").split(os.pathsep) if p]
 runpy.run_path(script, run_name="__main__")
 """
 
 
-def run_on_device(folder: Path, script: str, *args: str) -> subprocess.CompletedProcess:
+def run_on_device(folder: Path, script: str, *args: str, env: dict | None = None,
+                  timeout: int = 120) -> subprocess.CompletedProcess:
     """Run a bundle script in `folder` as a device would: a fresh interpreter, no pipeline, no torch."""
     return subprocess.run([sys.executable, "-I", "-c", HARNESS, script, *args], cwd=folder, capture_output=True,
-                          text=True, timeout=60)
+                          text=True, timeout=timeout, env=env)
 
 
 class TinyRestorer(nn.Module):
@@ -83,6 +87,26 @@ class TinyDetector(TinyRestorer):
         y = F.leaky_relu(self.head(x), 0.2)
         z = F.interpolate(F.leaky_relu(self.down(y), 0.2), scale_factor=2, mode="nearest")
         return crop_to(self.tail(y + z), size)
+
+
+class TinyDeconv(TinyRestorer):
+    """Upsamples with a ConvTranspose (as KPAC's decoder does): the operator TensorRT takes only in float."""
+
+    def __init__(self, views=("c",), width: int = 8):
+        super().__init__(views, width)
+        self.up = nn.ConvTranspose2d(width, width, 4, stride=2, padding=1)
+
+    def forward(self, x):
+        x, size = pad_to_multiple(x, self.size_multiple)
+        y = F.leaky_relu(self.head(x), 0.2)
+        z = self.up(F.leaky_relu(self.down(y), 0.2))
+        out = x[:, :3] + 0.2 * torch.tanh(self.tail(y + z))
+        return crop_to(out, size)
+
+
+@MODELS.register("tiny_export_deconv")
+def tiny_export_deconv(views=("c",), width: int = 8):
+    return TinyDeconv(views, width)
 
 
 @MODELS.register("tiny_export_detector")
@@ -166,3 +190,42 @@ def exported(tiny_setup, tmp_path_factory):
     export_checkpoint(str(tiny_setup["checkpoint"]), out, cfg, manifest=str(tiny_setup["manifest"]),
                       sizes=["32x32", "44x36", "51x37"])
     return out
+
+
+@pytest.fixture(scope="session")
+def variants(exported, tiny_setup, tmp_path_factory):
+    """The tiny model's export folder after quantize: model.onnx, model_fp16.onnx, model_int8.onnx and reports."""
+    import shutil
+
+    from pipeline_src.export import load_export_config
+    from pipeline_src.export.quantize import quantize_model
+
+    out = tmp_path_factory.mktemp("variants")
+    for name in ("model.onnx", "parity.json", "ops.json"):
+        shutil.copyfile(exported / name, out / name)
+    cfg = load_export_config(EXPORT_CONFIG)
+    cfg["onnx"]["op_table"] = str(OP_TABLE)
+    cfg["quantize"]["calibration_patches"] = 16
+    quantize_model(str(out / "model.onnx"), str(tiny_setup["manifest"]), str(tiny_setup["patches"]), cfg, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def bundle_dir(variants, tiny_setup, tmp_path_factory):
+    """The tiny model's edge bundle (with the manifest's first test sample and the stored check)."""
+    from pipeline_src.export import load_export_config
+    from pipeline_src.export.bundle import build_bundle
+
+    cfg = load_export_config(EXPORT_CONFIG)
+    cfg["onnx"]["op_table"] = str(OP_TABLE)
+    out = tmp_path_factory.mktemp("bundles") / "tiny-synthetic"
+    build_bundle(variants, out, cfg, str(tiny_setup["manifest"]))
+    return out
+
+
+@pytest.fixture(scope="session")
+def standin(tmp_path_factory):
+    """The stand-in TensorRT site, trtexec and libcudart (tests/export/standins): for OUR control flow only."""
+    from tests.export.standins import build_site
+
+    return build_site(tmp_path_factory.mktemp("standin-device"), HARNESS)

@@ -13,13 +13,13 @@ import onnxruntime as ort
 import pytest
 
 from pipeline_src.cli import main as cli_main
+from pipeline_src.errors import ExportError
 from pipeline_src.export import load_export_config
 from pipeline_src.export.bundle import build_bundle
-from pipeline_src.export.quantize import quantize_model
 from pipeline_src.fileio import sha256_file
 from tests.export.conftest import EXPORT_CONFIG, OP_TABLE, make_checkpoint, make_dataset, run_on_device
 
-ALLOWED_IMPORTS = {"numpy", "cv2", "onnxruntime", "tensorrt", "infer"}
+ALLOWED_IMPORTS = {"numpy", "cv2", "onnxruntime", "tensorrt", "infer", "edge_cuda", "edge_tiling"}
 
 
 def _config():
@@ -30,22 +30,17 @@ def _config():
 
 
 @pytest.fixture(scope="module")
-def bundle(exported, tiny_setup, tmp_path_factory):
-    export_dir = tmp_path_factory.mktemp("export_for_bundle")
-    for name in ("model.onnx", "parity.json", "ops.json"):
-        shutil.copyfile(exported / name, export_dir / name)
-    quantize_model(str(export_dir / "model.onnx"), str(tiny_setup["manifest"]), str(tiny_setup["patches"]),
-                   _config(), export_dir)
-    out = tmp_path_factory.mktemp("bundles") / "tiny-synthetic"
-    manifest = build_bundle(export_dir, out, _config(), str(tiny_setup["manifest"]))
-    return out, manifest, export_dir
+def bundle(bundle_dir, variants):
+    """(bundle folder, its manifest, the export folder it was made from): the session's tiny bundle."""
+    return bundle_dir, json.loads((bundle_dir / "manifest.json").read_text()), variants
 
 
 def test_bundle_holds_the_variants_reports_scripts_and_a_sample(bundle):
     out, manifest, _ = bundle
     names = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
     assert {"model.onnx", "model_fp16.onnx", "model_int8.onnx", "parity.json", "ops.json", "quality.json",
-            "manifest.json", "infer.py", "build_engine.py", "build_engine.sh", "samples/000_c.png"} == names
+            "manifest.json", "infer.py", "build_engine.py", "build_engine.sh", "edge_cuda.py", "edge_tiling.py",
+            "samples/000_c.png", "check/input.npy", "check/fp32_output.npy"} == names
     assert os.access(out / "build_engine.sh", os.X_OK) and os.access(out / "infer.py", os.X_OK)
     assert not list(out.parent.glob(".tiny-synthetic*"))  # built under a temporary name, renamed when complete
 
@@ -65,6 +60,24 @@ def test_manifest_describes_input_output_profile_and_metrics(bundle):
     assert all(v % 4 == 0 for side in profile.values() for v in side.values())
     assert profile["opt"] == {"height": 720, "width": 1280}
     assert saved["commands"]["build_and_check_engine"] == "./build_engine.sh fp16"
+    assert saved["tiling"]["tile"] == profile["max"] and saved["tiling"]["overlap"] == 64
+
+
+def test_the_stored_check_is_the_fp32_output_on_the_first_test_sample_with_floors_per_precision(bundle):
+    out, manifest, _ = bundle
+    check = manifest["check"]
+    x, reference = np.load(out / check["input"]), np.load(out / check["reference"])
+    assert x.shape == (1, 3, 40, 56) and x.dtype == np.float32 and check["size"] == "56x40"
+    blurry = cv2.imread(str(out / "samples/000_c.png"), cv2.IMREAD_UNCHANGED)[:, :, ::-1]
+    assert np.array_equal(x[0].transpose(1, 2, 0), blurry.astype(np.float32) / 255)
+    # the reference is model.onnx on that input, padded as an engine pads it (profile min 64x64), cropped back
+    padded = np.pad(x, ((0, 0), (0, 0), (0, 24), (0, 8)), mode="edge")
+    y = ort.InferenceSession(str(out / "model.onnx")).run(None, {"input": padded})[0][:, :, :40, :56]
+    assert np.array_equal(reference, y)
+    ort_psnr = check["onnxruntime_psnr_vs_fp32_db"]
+    assert ort_psnr["fp32"] == 100.0 and ort_psnr["fp16"] > ort_psnr["int8"] > 30
+    assert check["min_psnr_vs_fp32_db"] == {p: round(min(floor, ort_psnr[p] - 6.0), 2)
+                                            for p, floor in (("fp32", 60.0), ("fp16", 40.0), ("int8", 30.0))}
 
 
 def test_manifest_lists_the_sha256_of_every_other_file(bundle):
@@ -77,13 +90,12 @@ def test_manifest_lists_the_sha256_of_every_other_file(bundle):
 def test_standalone_scripts_import_only_numpy_opencv_and_a_runtime(bundle):
     out, _, _ = bundle
     stdlib = set(sys.stdlib_module_names)
-    for script in ("infer.py", "build_engine.py"):
-        tree = ast.parse((out / script).read_text())
+    for script in ("infer.py", "build_engine.py", "edge_cuda.py", "edge_tiling.py"):
+        # JetPack 6's python3 is 3.10: the scripts must parse there
+        tree = ast.parse((out / script).read_text(), feature_version=(3, 10))
         roots = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         roots |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 0}
-        # build_engine.py names pipeline_src once, in a guarded import that falls back to infer.py beside it
-        allowed = ALLOWED_IMPORTS | ({"pipeline_src"} if script == "build_engine.py" else set())
-        assert roots - stdlib <= allowed, (script, roots - stdlib)
+        assert roots - stdlib <= ALLOWED_IMPORTS, (script, roots - stdlib)
 
 
 def test_infer_from_an_empty_folder_matches_onnx_runtime_in_process(bundle, tmp_path):
@@ -120,13 +132,20 @@ def test_check_mode_compares_two_variants_on_the_shipped_sample(bundle, tmp_path
     device = tmp_path / "device"
     shutil.copytree(out, device)
     result = run_on_device(device, "infer.py", "--check", "--model", "model_fp16.onnx", "--onnx", "model.onnx",
-                         "--min-psnr", "40")
+                           "--min-psnr", "40", "--report", "fp16-check.json")
     assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
-    assert report["passed"] and report["psnr_db"] >= 40
+    assert result.stdout == ""  # the report goes to its file, never to standard output
+    report = json.loads((device / "fp16-check.json").read_text())
+    assert report["passed"] and report["psnr_db"] >= 40 and report["size"] == "56x40"
     strict = run_on_device(device, "infer.py", "--check", "--model", "model_int8.onnx", "--onnx", "model.onnx",
-                         "--min-psnr", "99")
-    assert strict.returncode == 1 and json.loads(strict.stdout)["passed"] is False
+                           "--min-psnr", "99")
+    assert strict.returncode == 1 and "check FAILED" in strict.stderr
+    assert json.loads((device / "model_int8.onnx.check.json").read_text())["passed"] is False
+    # without --onnx: against the stored fp32 output, no onnxruntime session of the reference needed
+    stored = run_on_device(device, "infer.py", "--check", "--model", "model_int8.onnx", "--precision", "int8")
+    assert stored.returncode == 0, stored.stderr
+    report = json.loads((device / "model_int8.onnx.check.json").read_text())
+    assert report["against"].startswith("check/fp32_output.npy") and report["min_psnr_db"] == 30.0
 
 
 def test_infer_refuses_a_wrong_number_of_views(bundle, tmp_path):
@@ -149,9 +168,11 @@ def test_device_build_without_tensorrt_says_so_and_writes_no_engine(bundle, tmp_
     device = tmp_path / "device"
     shutil.copytree(out, device)
     result = run_on_device(device, "build_engine.py", "--precision", "fp16")
-    assert result.returncode == 2 and "No engine was built" in result.stderr
-    script = subprocess.run(["sh", "build_engine.sh"], cwd=device, capture_output=True, text=True, timeout=60)
-    assert script.returncode != 0 and "No engine was built" in script.stderr
+    assert result.returncode == 2 and "error: no engine: neither the tensorrt Python package nor trtexec" in result.stderr
+    assert json.loads((device / "build-fp16.json").read_text())["built"] is False
+    script = subprocess.run(["sh", "build_engine.sh"], cwd=device, capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "PYTHON": sys.executable})
+    assert script.returncode == 2 and "error: no engine" in script.stderr and script.stdout == ""
     assert not list(device.glob("*.plan"))
 
 
@@ -160,7 +181,7 @@ def test_bundle_stage_refuses_an_export_without_quality_report(exported, tmp_pat
     export_dir.mkdir()
     for name in ("model.onnx", "parity.json", "ops.json"):
         shutil.copyfile(exported / name, export_dir / name)
-    with pytest.raises(FileNotFoundError, match="quality.json: missing"):
+    with pytest.raises(ExportError, match="quality.json: missing"):
         build_bundle(export_dir, tmp_path / "bundle", _config())
     assert not (tmp_path / "bundle").exists()
 

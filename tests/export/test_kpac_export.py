@@ -61,6 +61,16 @@ def test_kpac_fp16_and_int8_variants_are_scored_against_fp32(kpac_chain):
     assert {"QuantizeLinear", "DequantizeLinear", "ConvTranspose"} <= set(v["int8"]["ops"])
 
 
+def test_kpac_int8_keeps_its_convtranspose_weights_in_float_for_tensorrt(kpac_chain):
+    import onnx
+
+    from pipeline_src.export.qdq_policy import weights_through_dequantize
+
+    proto = onnx.load(str(kpac_chain / "export/model_int8.onnx"))
+    assert weights_through_dequantize(proto, {"ConvTranspose"}) == []
+    assert weights_through_dequantize(proto, {"Conv"})  # the convolutions are quantized
+
+
 def test_kpac_bundle_infers_from_an_empty_folder_like_onnx_runtime(kpac_chain, tmp_path):
     bundle = kpac_chain / "bundles/kpac-synthetic"
     device = tmp_path / "device"

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pipeline_src.cli import main as cli_main
-from pipeline_src.errors import CheckpointError
+from pipeline_src.errors import CheckpointError, ExportError
 from pipeline_src.export import load_export_config, parse_size
 from pipeline_src.export.onnx_export import check_parity, export_checkpoint, onnx_metadata
 from pipeline_src.model_io import load_model
@@ -63,11 +63,22 @@ def test_failed_parity_leaves_reports_and_no_model(tmp_path, tiny_setup):
     cfg = load_export_config(EXPORT_CONFIG)
     cfg["onnx"]["op_table"] = str(OP_TABLE)
     (tmp_path / "model.onnx").write_bytes(b"stale")  # from an earlier run: must not survive a failed export
-    with pytest.raises(ValueError, match="differs from PyTorch"):
+    with pytest.raises(ExportError, match="differs from PyTorch"):
         export_checkpoint(str(tiny_setup["checkpoint"]), tmp_path, cfg, atol=0.0, sizes=["32x32", "40x24"])
     assert not (tmp_path / "model.onnx").exists()
     assert json.loads((tmp_path / "parity.json").read_text())["passed"] is False
-    assert not list(tmp_path.glob(".model.onnx*"))  # no temporary left behind
+    assert json.loads((tmp_path / "ops.json").read_text())["passed"] is True
+    assert not list(tmp_path.glob(".*"))  # no temporary left behind
+
+
+def test_failed_parity_through_the_cli_is_one_error_line(tmp_path, tiny_setup, capsys):
+    cfg_path = tmp_path / "export.yaml"
+    cfg_path.write_text(EXPORT_CONFIG.read_text().replace("config/tensorrt_onnx_ops.yaml", str(OP_TABLE)))
+    rc = cli_main(["export-onnx", "--checkpoint", str(tiny_setup["checkpoint"]), "--out", str(tmp_path / "o"),
+                   "--config", str(cfg_path), "--sizes", "32x32", "40x24", "--atol", "0", "--no-tracking"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("error: ") and "parity.json" in err[0]
+    assert not (tmp_path / "o" / "model.onnx").exists()
 
 
 def test_parity_crop_larger_than_the_test_image_is_refused(tmp_path, tiny_setup):

@@ -137,3 +137,65 @@ def test_a_detection_model_is_scored_by_mae_against_the_mask_and_gated_by_its_ri
     assert 0 < v["fp32"]["mae"] < 1
     assert v["int8"]["mae_rise"] == pytest.approx(v["int8"]["mae"] - v["fp32"]["mae"])
     assert report["int8_limit"] == {"max_int8_mae_rise": 0.02} and v["int8"]["accepted"] is True
+
+
+# ----------------------------------------------------------------------------- ConvTranspose stays float
+@pytest.fixture(scope="module")
+def deconv_export(tmp_path_factory, tiny_setup):
+    from pipeline_src.export.onnx_export import export_checkpoint
+    from tests.export.conftest import make_checkpoint
+
+    root = tmp_path_factory.mktemp("deconv")
+    ckpt = make_checkpoint(root / "deconv.pt", name="tiny_export_deconv")
+    export_checkpoint(str(ckpt), root / "e", _config(), sizes=["32x32", "40x24"])
+    return root / "e" / "model.onnx"
+
+
+def _weight_dq_axes(path):
+    """{op type: [axis of the DequantizeLinear feeding its weight]} of a Q/DQ graph."""
+    proto = onnx.load(str(path))
+    producers = {o: n for n in proto.graph.node for o in n.output}
+    out = {}
+    for n in proto.graph.node:
+        if n.op_type in ("Conv", "ConvTranspose") and producers.get(n.input[1]) is not None \
+                and producers[n.input[1]].op_type == "DequantizeLinear":
+            axis = next((a.i for a in producers[n.input[1]].attribute if a.name == "axis"), 1)
+            out.setdefault(n.op_type, []).append(axis)
+    return out
+
+
+def test_int8_keeps_convtranspose_in_float_and_quantizes_the_convolutions(deconv_export, tiny_setup, tmp_path):
+    from pipeline_src.export.qdq_policy import weights_through_dequantize
+
+    report = quantize_model(str(deconv_export), str(tiny_setup["manifest"]), str(tiny_setup["patches"]), _config(),
+                            tmp_path)
+    proto = onnx.load(str(tmp_path / "model_int8.onnx"))
+    assert "ConvTranspose" in {n.op_type for n in proto.graph.node}
+    assert weights_through_dequantize(proto, {"ConvTranspose"}) == []
+    assert _weight_dq_axes(tmp_path / "model_int8.onnx") == {"Conv": [0, 0, 0]}  # per output channel
+    calibration = report["calibration"]
+    assert "ConvTranspose" not in calibration["op_types"] and "2380" in calibration["float_for_tensorrt"]["ConvTranspose"]
+    assert report["variants"]["int8"]["accepted"] is True  # the quality gate still decides
+
+
+def test_a_device_checked_convtranspose_is_quantized_and_the_policy_refuses_it_otherwise(deconv_export, tiny_setup,
+                                                                                         tmp_path):
+    from pipeline_src.errors import ExportError
+    from pipeline_src.export.qdq_policy import ops_to_quantize, require_float
+
+    cfg = _config(device_checked_qdq_ops=["ConvTranspose"])
+    quantize_model(str(deconv_export), str(tiny_setup["manifest"]), str(tiny_setup["patches"]), cfg, tmp_path)
+    axes = _weight_dq_axes(tmp_path / "model_int8.onnx")
+    assert axes["ConvTranspose"] == [1]  # what ONNX Runtime does: axis 1, the axis TensorRT does not take
+    _, kept = ops_to_quantize(_config()["quantize"])
+    with pytest.raises(ExportError, match="ConvTranspose .*must stay float for TensorRT.*device_checked_qdq_ops"):
+        require_float(onnx.load(str(tmp_path / "model_int8.onnx")), kept, "model_int8.onnx")
+
+
+def test_export_config_schema_refuses_a_bad_float_op_list(tmp_path):
+    from pipeline_src.config import ConfigError
+
+    bad = tmp_path / "export.yaml"
+    bad.write_text(EXPORT_CONFIG.read_text().replace("device_checked_qdq_ops: []", "device_checked_qdq_ops: yes"))
+    with pytest.raises(ConfigError, match="quantize.device_checked_qdq_ops: True is not of type 'array'"):
+        load_export_config(bad)
