@@ -38,6 +38,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--patches", required=True,
                         help="the train split's patch folder (<view>.npy arrays) used for INT8 calibration")
     parser.add_argument("--out", help="output folder (default: the folder of --onnx)")
+    parser.add_argument("--metrics", help="also write the variants' figures as flat numbers (DVC metrics), e.g. "
+                                          "data/metrics/export/<name>.json; written with the other outputs")
     parser.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
     parser.add_argument("--config", default=DEFAULT_CONFIG, help="export settings (default: %(default)s)")
     parser.add_argument("--max-int8-drop-db", type=float, help="largest INT8 PSNR drop accepted (default: config)")
@@ -215,7 +217,7 @@ def summarise(rows: dict[str, list[dict[str, Any]]], task: str, qcfg: dict[str, 
 
 # ------------------------------------------------------------------------------------------------- stage
 def quantize_model(onnx_path: str, manifest: str, patches: str, cfg: dict[str, Any],
-                   out: str | os.PathLike | None = None) -> dict[str, Any]:
+                   out: str | os.PathLike | None = None, metrics: str | os.PathLike | None = None) -> dict[str, Any]:
     """The stage's work; returns the quality report (also written to quality.json)."""
     import onnx
 
@@ -231,8 +233,10 @@ def quantize_model(onnx_path: str, manifest: str, patches: str, cfg: dict[str, A
     out.mkdir(parents=True, exist_ok=True)
     names = {"fp16": out / "model_fp16.onnx", "int8": out / "model_int8.onnx"}
     quality_path = out / "quality.json"
-    for stale in (names["fp16"], names["int8"], quality_path):  # the marker (the engine stage's input) first
-        stale.unlink(missing_ok=True)
+    metrics_path = Path(metrics) if metrics else None
+    for stale in (names["fp16"], names["int8"], quality_path, metrics_path):  # the marker (engine's input) first
+        if stale is not None:
+            stale.unlink(missing_ok=True)
     table = load_op_table(cfg["onnx"]["op_table"])
 
     batches = calibration_batches(patches, meta["input_views"], int(qcfg["calibration_patches"]),
@@ -268,8 +272,11 @@ def quantize_model(onnx_path: str, manifest: str, patches: str, cfg: dict[str, A
         accepted = report["variants"]["int8"]["accepted"]
         report["variants"]["int8"]["file"] = names["int8"].name if accepted else None
         # written together: the report, the INT8 variant if accepted, the FP16 variant (the marker) last
-        files = [quality_path, *([names["int8"]] if accepted else []), names["fp16"]]
+        files = [*([metrics_path] if metrics_path else []), quality_path, *([names["int8"]] if accepted else []),
+                 names["fp16"]]
         with output_set(files) as temps:
+            if metrics_path:
+                temps[metrics_path].write_text(json.dumps(flat_quality(report), indent=2) + "\n")
             temps[quality_path].write_text(json.dumps(report, indent=2) + "\n")
             if accepted:
                 os.replace(candidates["int8"], temps[names["int8"]])
@@ -277,6 +284,19 @@ def quantize_model(onnx_path: str, manifest: str, patches: str, cfg: dict[str, A
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return report
+
+
+def flat_quality(report: dict) -> dict[str, float]:
+    """The numbers DVC compares: each variant's score and its loss against fp32, INT8 acceptance as 0/1."""
+    metric = report["metric"]
+    out = {}
+    for name, entry in report["variants"].items():
+        out[f"{name}.{metric}"] = entry[metric]
+        out.update({f"{name}.{k}": entry[k] for k in ("drop_db", "mae_rise") if k in entry})
+        if "accepted" in entry:
+            out[f"{name}.accepted"] = int(bool(entry["accepted"]))
+    out["images"] = report["images"]
+    return out
 
 
 def _log_to_mlflow(args, report: dict) -> None:
@@ -304,7 +324,7 @@ def run(args) -> int:
                        ("max_test_images", args.max_test_images)):
         if value is not None:
             cfg["quantize"][key] = value
-    report = quantize_model(args.onnx, args.manifest, args.patches, cfg, args.out)
+    report = quantize_model(args.onnx, args.manifest, args.patches, cfg, args.out, args.metrics)
     _log_to_mlflow(args, report)
     metric = report["metric"]
     for name, entry in report["variants"].items():

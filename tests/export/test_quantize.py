@@ -85,9 +85,14 @@ def test_int8_beyond_the_allowed_drop_is_refused_and_not_written(exported, tiny_
     cfg_path.write_text(EXPORT_CONFIG.read_text().replace("config/tensorrt_onnx_ops.yaml", str(OP_TABLE)))
     rc = cli_main(["quantize", "--onnx", str(exported / "model.onnx"), "--manifest", str(tiny_setup["manifest"]),
                    "--patches", str(tiny_setup["patches"]), "--out", str(tmp_path / "q"), "--config", str(cfg_path),
-                   "--calibration-patches", "8", "--max-int8-drop-db", "-1"])
+                   "--calibration-patches", "8", "--max-int8-drop-db", "-1", "--metrics", str(tmp_path / "m.json")])
     assert rc == 1
     report = json.loads((tmp_path / "q" / "quality.json").read_text())
+    # the DVC metrics: flat numbers, the same figures as the report's
+    numbers = json.loads((tmp_path / "m.json").read_text())
+    assert numbers["int8.accepted"] == 0 and numbers["fp16.drop_db"] == report["variants"]["fp16"]["drop_db"]
+    assert numbers["fp32.psnr"] == report["variants"]["fp32"]["psnr"] and numbers["images"] == report["images"]
+    assert all(isinstance(v, (int, float)) for v in numbers.values())
     assert report["variants"]["int8"]["accepted"] is False and report["variants"]["int8"]["file"] is None
     assert not (tmp_path / "q" / "model_int8.onnx").exists()
     assert (tmp_path / "q" / "model_fp16.onnx").exists()
