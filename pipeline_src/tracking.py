@@ -28,6 +28,8 @@ import numpy as np
 from pipeline_src.config import project_root
 
 EXPERIMENT_ENV = "PIPELINE_MLFLOW_EXPERIMENT"
+# MLflow 3's UI opens an experiment by its kind; without this tag it shows the GenAI overview, not the runs table
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 PARENT_ENV = "PIPELINE_PARENT_RUN_ID"
 DEFAULT_EXPERIMENT = "blur-papers"
 
@@ -83,11 +85,14 @@ def ensure_store(root: Path | None = None) -> str:
         client = MlflowClient(uri)
         exp = client.get_experiment_by_name(experiment_name())
         if exp is not None:
+            for key, value in EXPERIMENT_TAGS.items():  # a store made by an older version
+                if exp.tags.get(key) != value:
+                    client.set_experiment_tag(exp.experiment_id, key, value)
             return exp.experiment_id
         # artifacts beside the SQLite file (mlruns/), so a store and its images move together
         artifacts = (Path(uri[len("sqlite:///"):]).parent / "mlruns").resolve().as_uri() \
             if uri.startswith("sqlite:///") else None
-        return client.create_experiment(experiment_name(), artifact_location=artifacts)
+        return client.create_experiment(experiment_name(), artifact_location=artifacts, tags=EXPERIMENT_TAGS)
 
 
 def git_state(root: Path) -> dict[str, str]:
@@ -118,6 +123,7 @@ class NullTracker:
     def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
     def set_tags(self, tags: dict[str, str]) -> None: ...
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None: ...
+    def log_artifacts(self, folder: str | os.PathLike, artifact_path: str | None = None) -> None: ...
     def log_dict(self, obj: dict, name: str) -> None: ...
     def log_image(self, image: np.ndarray, name: str) -> None: ...
     def end(self, status: str = "FINISHED") -> None: ...
@@ -155,6 +161,9 @@ class MlflowTracker(NullTracker):
 
     def log_artifact(self, path, artifact_path=None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_artifacts(self, folder, artifact_path=None) -> None:
+        self.client.log_artifacts(self.run_id, str(folder), artifact_path)
 
     def log_dict(self, obj: dict, name: str) -> None:
         self.client.log_dict(self.run_id, obj, name)

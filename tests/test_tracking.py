@@ -37,3 +37,20 @@ def test_tracking_off_never_touches_a_store(tmp_path, monkeypatch):
 
 def test_nested_config_flattens_to_params():
     assert flatten({"a": {"b": 1, "c": [1, 2]}, "d": "x"}) == {"a.b": "1", "a.c": "[1, 2]", "d": "x"}
+
+
+def test_the_experiment_is_tagged_for_mlflow_3s_model_training_view(tmp_path, monkeypatch):
+    """Without mlflow.experimentKind, MLflow 3's UI opens the experiment on its GenAI overview."""
+    from mlflow.tracking import MlflowClient
+
+    from pipeline_src.tracking import ensure_store
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("PIPELINE_MLFLOW_EXPERIMENT", "kind-test")
+    exp_id = ensure_store(tmp_path)
+    client = MlflowClient(uri)
+    assert client.get_experiment(exp_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    client.set_experiment_tag(exp_id, "mlflow.experimentKind", "genai_development")  # a store of another version
+    assert ensure_store(tmp_path) == exp_id
+    assert client.get_experiment(exp_id).tags["mlflow.experimentKind"] == "custom_model_development"

@@ -62,6 +62,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--manifest", help="dataset manifest: its first test sample goes in samples/ and is the "
                                            "device check's input (default: the check runs on seeded noise)")
     parser.add_argument("--config", default=DEFAULT_CONFIG, help="export settings (default: %(default)s)")
+    parser.add_argument("--no-tracking", action="store_true",
+                        help="do not log the bundle to MLflow nor register it in the Model Registry")
 
 
 def _read_json(path: Path) -> Any:
@@ -282,9 +284,44 @@ def build_bundle(export_dir: str | os.PathLike, out: str | os.PathLike, cfg: dic
     return content
 
 
+def registry_entry(content: dict[str, Any], export_dir: Path, bundle_dir: Path, manifest: str | None):
+    """Tags and figures of the bundle's model version: what it was trained from and how well it survived export."""
+    import json
+
+    from pipeline_src.export.onnx_export import onnx_metadata
+    from pipeline_src.fileio import sha256_file
+
+    meta = onnx_metadata(export_dir / "model.onnx")
+    quality = json.loads((export_dir / "quality.json").read_text())
+    tags = {"paper": str(meta.get("paper", "")), "dataset": str(meta.get("dataset", "")),
+            "model": meta["model"], "task": meta["task"],
+            "training_run_id": str(meta.get("training_run_id")), "checkpoint.sha256": str(meta.get("checkpoint_sha256")),
+            "bundle_manifest.sha256": sha256_file(bundle_dir / "manifest.json"),
+            "variants": ",".join(content["variants"]),
+            "int8.accepted": str(quality["variants"]["int8"]["accepted"]).lower()}
+    if manifest:
+        tags["data_manifest.sha256"] = sha256_file(manifest)
+    metrics = {"parity/max_abs_diff": content["parity"]["onnxruntime_vs_pytorch_max_abs_diff"]}
+    metric = quality["metric"]
+    for name, entry in quality["variants"].items():
+        metrics[f"{name}/{metric}"] = entry[metric]
+        metrics.update({f"{name}/{k}": entry[k] for k in ("drop_db", "mae_rise") if k in entry})
+    tags.update({f"figure.{k}": f"{v:.6g}" for k, v in metrics.items()})
+    description = (f"{meta['model']} ({meta.get('paper', '')}) trained on {meta.get('dataset', '')}: edge bundle "
+                   f"with {', '.join(content['variants'])} ONNX variants; build the engine on the device with "
+                   f"{content['commands']['build_and_check_engine']}")
+    return tags, metrics, description
+
+
 def run(args) -> int:
+    from pipeline_src.export.tracking import register_bundle
+
     cfg = load_export_config(args.config)
     content = build_bundle(args.export_dir, args.out, cfg, args.manifest)
+    tags, metrics, description = registry_entry(content, Path(args.export_dir), Path(args.out), args.manifest)
+    run_id, version = register_bundle(Path(args.out).name, Path(args.out), tags=tags, metrics=metrics,
+                                      description=description, enabled=not args.no_tracking)
+    registered = f"; registered as models:/{Path(args.out).name}/{version}" if version else ""
     print(f"{args.out}: {content['model']['name']} bundle with {', '.join(content['variants'])}; "
-          f"on the device: {content['commands']['build_and_check_engine']}", file=sys.stderr)
+          f"on the device: {content['commands']['build_and_check_engine']}{registered}", file=sys.stderr)
     return 0

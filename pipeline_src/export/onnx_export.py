@@ -182,6 +182,7 @@ def export_checkpoint(checkpoint: str, out: str | os.PathLike, cfg: dict[str, An
         out_channels = int(model(torch.rand(1, in_channels, *export_size)).shape[1])
     metadata = model_metadata(record, in_channels, out_channels)
     metadata["checkpoint_sha256"] = sha256_file(checkpoint)
+    metadata["training_run_id"] = record.get("mlflow_run_id")  # the Model Registry links a version to it
 
     refused: dict[Path, dict[str, Any]] = {}
     try:

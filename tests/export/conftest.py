@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pipeline_src.fileio import write_image
+from pipeline_src.fileio import sha256_file, write_image
 from pipeline_src.model_io import model_record, save_model_file
 from pipeline_src.models import MODELS
 from pipeline_src.models.layers.padding import crop_to, pad_to_multiple
@@ -131,7 +131,7 @@ def make_checkpoint(path: Path, views=("c",), seed: int = 0, name: str = "tiny_e
 
 def make_dataset(root: Path, views=("c",), bit_depth: int = 8, n_test: int = 2, size_hw=(40, 56),
                  n_patches: int = 24, patch: int = 32, seed: int = 0, masks: bool = False) -> tuple[Path, Path]:
-    """A manifest (format 1, as `index` writes it) of smooth images with noise, and train patch arrays;
+    """A manifest (format 2, as `index` writes it) of smooth images with noise, and train patch arrays;
     with `masks`, each sample also has an 8-bit in-focus mask (255 = in focus), as detection sets do."""
     rng = np.random.default_rng(seed)
     top = (1 << bit_depth) - 1
@@ -155,9 +155,11 @@ def make_dataset(root: Path, views=("c",), bit_depth: int = 8, n_test: int = 2, 
             mask = f"test/mask/{i:03d}.png"
             (root / "test/mask").mkdir(parents=True, exist_ok=True)
             write_image(root / mask, np.where(xx < w // 2, 255, 0).astype(np.uint8))
+        files = {**inputs, "target": f"test/target/{i:03d}.png", **({"mask": mask} if mask else {})}
         samples.append({"split": "test", "id": f"{i:03d}", "inputs": inputs, "target": f"test/target/{i:03d}.png",
-                        "mask": mask, "defocus": None, "height": h, "width": w})
-    manifest = {"format": 1, "dataset": "synthetic", "layout": "dpdd", "root": str(root), "bit_depth": bit_depth,
+                        "mask": mask, "defocus": None, "height": h, "width": w,
+                        "sha256": {k: sha256_file(root / rel) for k, rel in files.items()}})
+    manifest = {"format": 2, "dataset": "synthetic", "layout": "dpdd", "root": str(root), "bit_depth": bit_depth,
                 "views": list(views), "has_target": True, "has_mask": masks, "has_defocus": False,
                 "mask_source_in_focus_value": 255 if masks else None, "splits": {"test": n_test}, "samples": samples}
     manifest_path = root / "manifest.json"

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -232,3 +233,39 @@ def test_a_detection_bundle_writes_the_in_focus_probability_as_a_grey_image(tmp_
     logits = ort.InferenceSession(str(tmp_path / "e/model.onnx")).run(None, {"input": x})[0][0, 0]
     expected = np.round(255 / (1 + np.exp(-logits.astype(np.float64)))).astype(np.uint8)
     assert got.shape == (40, 56) and np.abs(got.astype(int) - expected).max() <= 1
+
+
+def test_each_bundle_is_a_new_version_of_its_registered_model_and_downloads_by_models_uri(variants, tiny_setup,
+                                                                                           tmp_path):
+    """The MLflow Model Registry: one registered model per export name, a version per bundle, tagged with the
+    training run and the parity and quantization figures; `mlflow artifacts download -u models:/...` gives the
+    bundle back, as a deployment engineer would fetch it."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PIPELINE_TRACKING": "1", "OMP_NUM_THREADS": "1"}
+    cfg_path = tmp_path / "export.yaml"
+    cfg_path.write_text(EXPORT_CONFIG.read_text().replace("config/tensorrt_onnx_ops.yaml", str(OP_TABLE)))
+    out = tmp_path / "bundles" / "tiny-registry"
+    for _ in range(2):
+        r = subprocess.run([sys.executable, "-m", "pipeline_src", "bundle", "--export-dir", str(variants),
+                            "--out", str(out), "--manifest", str(tiny_setup["manifest"]), "--config", str(cfg_path)],
+                           env=env, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+    assert "registered as models:/tiny-registry/2" in r.stderr
+    client = MlflowClient(uri)
+    versions = sorted(client.search_model_versions("name='tiny-registry'"), key=lambda v: int(v.version))
+    assert [v.version for v in versions] == ["1", "2"]
+    latest = versions[-1]
+    quality = json.loads((variants / "quality.json").read_text())
+    assert latest.tags["int8.accepted"] == str(quality["variants"]["int8"]["accepted"]).lower()
+    assert float(latest.tags["figure.fp16/drop_db"]) == pytest.approx(quality["variants"]["fp16"]["drop_db"], abs=1e-5)
+    assert latest.tags["checkpoint.sha256"] and latest.tags["data_manifest.sha256"]
+    run = client.get_run(latest.run_id)
+    assert run.data.tags["registered_model.version"] == "2" and "parity/max_abs_diff" in run.data.metrics
+    got = tmp_path / "downloaded"
+    r = subprocess.run([str(Path(sys.executable).parent / "mlflow"), "artifacts", "download", "-u",
+                        "models:/tiny-registry/2", "-d", str(got)], env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert (got / "manifest.json").read_bytes() == (out / "manifest.json").read_bytes()
+    assert {p.name for p in got.glob("*.onnx")} == {p.name for p in out.glob("*.onnx")}
