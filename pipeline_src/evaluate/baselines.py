@@ -12,7 +12,10 @@
   gives the edge's blur sigma = s0 / sqrt(R^2 - 1); the median over edges, times 2 (a disc of radius r has a
   per-axis standard deviation of r / 2), is the radius. A radius under half a pixel means "in focus": the
   image is returned unchanged rather than sharpened by a one-pixel kernel.
-Settings (balance, iterations, estimator sigmas) live in config/protocols.yaml `baseline_settings`.
+- `sharpness` (blur detection): multi-scale local Laplacian energy with a threshold chosen on the val split
+  (evaluate/sharpness.py); it returns logits, which the detection protocol turns into probabilities.
+Settings (balance, iterations, estimator sigmas, sharpness scales) live in config/protocols.yaml
+`baseline_settings`; the sharpness threshold is fitted by the evaluate stage and passed in as `sharpness_fit`.
 """
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ MIN_RADIUS_PX = 0.5  # disc_psf's own threshold: below it the PSF is one pixel
 
 @dataclasses.dataclass(frozen=True)
 class BaselineOutput:
-    image: np.ndarray            # float32 H x W x 3; a deconvolution's output is not clipped yet
+    image: np.ndarray            # float32 H x W x 3 (a deconvolution's output is not clipped yet), or H x W logits
     radius_px: float | None      # disc radius used (deconvolutions only)
     radius_source: str | None    # "defocus map median |CoC|" | "edge estimate (Zhuo & Sim 2011)"
 
@@ -103,12 +106,21 @@ def _input(image: np.ndarray, defocus: np.ndarray | None, settings: dict) -> Bas
     return BaselineOutput(image.astype(np.float32), None, None)
 
 
+def _sharpness(image: np.ndarray, defocus: np.ndarray | None, settings: dict) -> BaselineOutput:
+    from pipeline_src.evaluate.sharpness import logits
+
+    s = settings["sharpness"]
+    return BaselineOutput(logits(image, settings["sharpness_fit"], tuple(s["sigmas"]), s["window"]), None, None)
+
+
 # name -> fn(blurry float H x W x 3 on [0, 1], defocus map or None, baseline_settings) -> BaselineOutput
 BASELINES: dict[str, Callable[[np.ndarray, np.ndarray | None, dict], BaselineOutput]] = {
     "input": _input,
     "wiener": _deconvolution(lambda im, r, s: wiener(im, r, s["wiener"]["balance"])),
     "richardson_lucy": _deconvolution(lambda im, r, s: richardson_lucy(im, r, s["richardson_lucy"]["iterations"])),
+    "sharpness": _sharpness,
 }
+FITTED_ON_VAL = ("sharpness",)  # baselines whose parameters the evaluate stage fits on the val split first
 
 
 def run_baseline(name: str, image: np.ndarray, defocus: np.ndarray | None, settings: dict) -> BaselineOutput:

@@ -196,6 +196,28 @@ def _detection_scoring(protocol, weights_dir: Path) -> Scoring:
 SCORING = {"restoration": _restoration_scoring, "detection": _detection_scoring}
 
 
+def _fit_on_val(baselines, manifest, protocol, settings, args) -> dict:
+    """Parameters of the baselines that learn a little (the sharpness detector's threshold), from the val split."""
+    from pipeline_src.data.samples import load_sample, samples_of
+    from pipeline_src.evaluate.baselines import FITTED_ON_VAL
+    from pipeline_src.evaluate.sharpness import fit, sharpness_score
+
+    wanted = [b for b in baselines if b in FITTED_ON_VAL]
+    if not wanted:
+        return {}
+    val = [s for _, s in samples_of(manifest, "val")]
+    if not val:
+        raise DataError(f"{args.manifest}: the {', '.join(wanted)} baseline chooses its threshold on the val split, "
+                        "and this dataset has none; index it with a val split or evaluate without --baselines")
+    s = settings["sharpness"]
+    scores, masks = [], []
+    for sample in val:
+        arrays = load_sample(manifest, sample, root=args.data_root)
+        scores.append(sharpness_score(protocol.to_float(protocol.read(arrays["c"])), tuple(s["sigmas"]), s["window"]))
+        masks.append(arrays["mask"].astype(bool))
+    return {"sharpness": fit(scores, masks)}
+
+
 def _evaluate(model, record, protocol, plan, manifest, samples, baselines, settings, args, device) -> dict:
     import numpy as np
     import torch
@@ -205,6 +227,8 @@ def _evaluate(model, record, protocol, plan, manifest, samples, baselines, setti
     from pipeline_src.evaluate.tiling import tiled_forward
 
     scoring = SCORING[protocol.task](protocol, args.weights_dir)
+    fitted = _fit_on_val(baselines, manifest, protocol, settings, args)
+    settings = {**settings, **{f"{b}_fit": f for b, f in fitted.items()}}
     accs = {"model": scoring.new_accumulator(), **{b: scoring.new_accumulator() for b in baselines}}
     radii: dict[str, list] = {b: [] for b in baselines}
     radius_source: dict[str, set] = {b: set() for b in baselines}
@@ -231,6 +255,7 @@ def _evaluate(model, record, protocol, plan, manifest, samples, baselines, setti
             shown_input = views["c"] if "c" in views else views[record["input_views"][0]]
             panels.append((sample["id"], _side_by_side(shown_input, pred, target)))
     return {"count": len(samples), "summary": {k: scoring.summary(a) for k, a in accs.items()},
+            "fitted": {b: dataclasses.asdict(f) for b, f in fitted.items()},
             "rows": {k: a.rows for k, a in accs.items()}, "radii": radii,
             "radius_source": {b: sorted(s for s in v if s) for b, v in radius_source.items()},
             "panels": panels, "unavailable": scoring.unavailable}
@@ -255,6 +280,8 @@ def _metrics_document(meta: dict, result: dict, protocol, plan, args, eval_run_i
         if b == "model":
             continue
         row = {k: _number(v) for k, v in summary[b].items()}
+        if b in result["fitted"]:  # what it learned, and where: the report says so
+            row["fitted_on_val"] = result["fitted"][b]
         radii = [r for r in result["radii"][b] if r is not None]
         if radii:
             row["radius_px_median"] = _number(statistics.median(radii))

@@ -21,6 +21,8 @@ import numpy as np
 from pipeline_src.config import ConfigError, load_yaml, validate_schema
 from pipeline_src.errors import DataError
 
+DETECTION_BASELINES = frozenset({"sharpness"})  # they give in-focus logits; the others restore images
+
 DEFAULT_PATH = Path("config/protocols.yaml")
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "protocols.schema.yaml"
 
@@ -179,9 +181,10 @@ def _build(name: str, entry: dict, path: Path) -> Protocol:
     lo, hi = entry["output"]["clip"]
     if not 0.0 <= lo < hi <= 1.0:
         raise ProtocolError(f"{where}.output.clip: [{lo}, {hi}]; need 0 <= lo < hi <= 1")
-    if entry["task"] == "detection" and entry["baselines"]:
-        raise ProtocolError(f"{where}.baselines: {entry['baselines']}; the baselines are image restorations, "
-                            "a detection protocol takes none")
+    wrong = [b for b in entry["baselines"] if (b in DETECTION_BASELINES) != (entry["task"] == "detection")]
+    if wrong:
+        raise ProtocolError(f"{where}.baselines: {wrong} do not fit a {entry['task']} protocol; detection takes "
+                            f"{sorted(DETECTION_BASELINES)}, restoration the image baselines")
     tiling = Tiling(**entry["tiling"])
     _check_tiling(tiling, f"{where}.tiling")
     out = entry["output"]

@@ -89,3 +89,33 @@ def test_bad_baseline_inputs_are_refused():
         run_baseline("wiener", img, np.zeros((4, 4), np.float32), SETTINGS)
     with pytest.raises(ValueError, match="H x W"):
         estimate_disc_radius(np.zeros(5))
+
+
+def test_sharpness_detector_scores_the_sharp_half_higher_and_fits_its_threshold_on_val():
+    """The classical blur-detection row: more local Laplacian energy where in focus; the threshold fitted on val
+    images separates the halves of a new image, and the logistic's scale keeps the MAE low."""
+    from scipy import ndimage
+    from scipy.special import expit
+
+    from pipeline_src.evaluate.sharpness import fit, logits, sharpness_score
+
+    def half_blurred(seed):
+        img = np.random.default_rng(seed).random((48, 64, 3))
+        blurred = np.stack([ndimage.gaussian_filter(img[..., c], 3) for c in range(3)], axis=2)
+        out = img.copy()
+        out[:, 32:] = blurred[:, 32:]
+        mask = np.zeros((48, 64), bool)
+        mask[:, :32] = True
+        return out, mask
+
+    val = [half_blurred(s) for s in range(3)]
+    scores = [sharpness_score(im) for im, _ in val]
+    assert all(s[:, :24].mean() > s[:, 40:].mean() + 1.0 for s in scores)
+    fitted = fit(scores, [m for _, m in val])
+    assert fitted.val_images == 3 and fitted.val_f_beta > 0.9 and fitted.scale > 0
+    test_img, test_mask = half_blurred(99)
+    prob = expit(logits(test_img, fitted))
+    assert prob.shape == (48, 64) and np.mean(np.abs(prob - test_mask)) < 0.2
+    assert (prob[4:-4, 4:24] > 0.5).mean() > 0.85 and (prob[4:-4, 40:60] < 0.5).mean() > 0.85
+    with pytest.raises(ValueError, match="at least one val image"):
+        fit([], [])
