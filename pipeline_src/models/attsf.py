@@ -113,7 +113,8 @@ class GlobalNonLocal(nn.Module):
     def __init__(self, channels: int, inner: int, mode: str = "code"):
         super().__init__()
         if mode not in NONLOCAL_MODES:
-            raise ConfigError(f"nonlocal_mode={mode!r}; accepted: {', '.join(NONLOCAL_MODES)} (model arg of the recipe)")
+            raise ConfigError(f"nonlocal_mode={mode!r}; accepted: {', '.join(NONLOCAL_MODES)} "
+                              "(a model arg of the recipe)")
         self.mode = mode
         self.theta = _conv_relu(channels, inner, 1)
         self.phi = _conv_relu(channels, inner, 1)

@@ -148,7 +148,8 @@ def test_bad_protocol_fields_are_named(tmp_path, mutate, match):
 
 
 def test_unknown_protocol_name_lists_the_known_ones(book):
-    with pytest.raises(ProtocolError, match=r"no protocol 'dpdd_8bit'; known: dbd_cuhk, dpdd_dual_16bit, dpdd_dual_8bit"):
+    known = r"known: dbd_cuhk, dpdd_dual_16bit, dpdd_dual_8bit"
+    with pytest.raises(ProtocolError, match=r"no protocol 'dpdd_8bit'; " + known):
         book.get("dpdd_8bit")
 
 
