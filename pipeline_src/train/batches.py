@@ -34,11 +34,14 @@ def training_set(patch_dir: Path, phase: dict, model, seed: int):
                               bit_depth=phase.get("bit_depth"), where=where)
 
 
-def validation_batches(patch_dir: Path, model, count: int) -> list[dict[str, torch.Tensor]]:
-    """The first `count` validation patches, whole (no crop, no flips), one per batch; fixed for the phase."""
+def validation_batches(patch_dir: Path, model, count: int,
+                       bit_depth: int | None = None) -> list[dict[str, torch.Tensor]]:
+    """The first `count` validation patches, whole (no crop, no flips), one per batch; fixed for the phase.
+    `bit_depth`: the phase's (KPAC validates at the 8 bits it trains at, once the runner passes it)."""
     from pipeline_src.data.patch_dataset import PatchDataset
 
-    val = PatchDataset(patch_dir, "val", keys=[*model.input_views, target_key(model)], crop=None, seed=0)
+    val = PatchDataset(patch_dir, "val", keys=[*model.input_views, target_key(model)], crop=None, seed=0,
+                       bit_depth=bit_depth)
     if len(val) == 0:
         raise DataError(f"{patch_dir}: no validation patches; the val split needs at least one sample")
     return [{k: v.unsqueeze(0) for k, v in val[i].items()} for i in range(min(count, len(val)))]

@@ -91,3 +91,19 @@ def test_batches_resumed_mid_run_equal_the_uninterrupted_ones(defocus_data, samp
     for a, b in zip(straight[per_epoch + 1:], resumed):
         assert torch.equal(a, b)
     assert not torch.equal(straight[0], straight[per_epoch])   # epochs differ
+
+
+def test_validation_windows_can_be_read_at_the_phase_bit_depth(defocus_data):
+    import torch
+
+    from pipeline_src.models import build_model
+    from pipeline_src.train import batches as batch_io
+
+    model = build_model("kpac", levels=2)
+    full = batch_io.validation_batches(defocus_data["patches"], model, 2)
+    eight = batch_io.validation_batches(defocus_data["patches"], model, 2, bit_depth=8)
+    assert len(full) == len(eight) == 2
+    for a, b in zip(full, eight):
+        assert a["c"].shape == b["c"].shape and not torch.equal(a["c"], b["c"])
+        # 8-bit levels: round(65535 x / 257) / 255
+        torch.testing.assert_close(b["c"], torch.round(a["c"] * 65535 / 257) / 255, rtol=0, atol=1e-6)
