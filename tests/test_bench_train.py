@@ -8,8 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline_src.benchmarks.train_throughput import (BenchArgumentError, StepClock, benchmark_recipe,
-                                                      check_counts, events_in_window)
+from pipeline_src.benchmarks.train_throughput import (
+    BenchArgumentError,
+    StepClock,
+    benchmark_recipe,
+    check_counts,
+    events_in_window,
+)
 from pipeline_src.config import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,10 +1,8 @@
-import copy
 
 import pytest
 import yaml
 
-from pipeline_src.config import ConfigError, load_pipeline_config, load_recipe
-from pipeline_src.config import project_root
+from pipeline_src.config import ConfigError, load_pipeline_config, load_recipe, project_root
 
 ROOT = project_root()
 

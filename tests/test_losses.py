@@ -27,7 +27,7 @@ def _single(name, pred, target, **options):
 
 
 def test_registered_names():
-    expected = {"l1", "mae", "mse", "ssim", "ms_ssim", "gradient", "multiscale_mse", "bce", "perceptual"}
+    expected = {"l1", "mae", "mse", "ssim", "tf_ssim", "ms_ssim", "gradient", "multiscale_mse", "bce", "perceptual"}
     assert expected <= set(LOSSES.names())
 
 
@@ -67,6 +67,68 @@ def test_ms_ssim_loss_is_one_minus_the_metric():
     assert value.item() == pytest.approx(expected, abs=1e-10)
     with pytest.raises(ValueError, match="161x161"):
         _single("ms_ssim", small_pred, small_target)
+
+
+def tf_image_ssim_reference(img1: np.ndarray, img2: np.ndarray, max_val: float = 1.0) -> float:
+    """tf.image.ssim on one H x W x C image, read off TensorFlow's image_ops_impl.py line by line, in float64:
+    _fspecial_gauss(11, 1.5) = softmax over the 11 x 11 grid of -0.5 (i^2 + j^2) / sigma^2, coordinates
+    range(11) - 5; reducer = depthwise conv2d with that kernel, padding VALID; _ssim_helper with k1 0.01,
+    k2 0.03, compensation 1.0; reduce_mean over height and width, then over channels."""
+    from scipy.signal import correlate2d
+
+    coords = np.arange(11, dtype=np.float64) - (11 - 1) / 2.0
+    g = coords ** 2 * (-0.5 / 1.5 ** 2)
+    g = (g.reshape(1, -1) + g.reshape(-1, 1)).reshape(1, -1)
+    kernel = (np.exp(g - g.max()) / np.exp(g - g.max()).sum()).reshape(11, 11)   # nn_ops.softmax
+
+    def reducer(a):
+        return correlate2d(a, kernel, mode="valid")
+
+    c1, c2 = (0.01 * max_val) ** 2, (0.03 * max_val) ** 2
+    per_channel = []
+    for ch in range(img1.shape[-1]):
+        x, y = img1[..., ch], img2[..., ch]
+        mean0, mean1 = reducer(x), reducer(y)
+        num0 = mean0 * mean1 * 2.0
+        den0 = mean0 ** 2 + mean1 ** 2
+        luminance = (num0 + c1) / (den0 + c1)
+        num1 = reducer(x * y) * 2.0
+        den1 = reducer(x ** 2 + y ** 2)
+        cs = (num1 - num0 + c2) / (den1 - den0 + c2)
+        per_channel.append(np.mean(luminance * cs))
+    return float(np.mean(per_channel))
+
+
+def test_tf_ssim_loss_is_one_minus_tf_image_ssim_as_tensorflow_defines_it():
+    pred, target = _images((2, 3, 23, 30))
+    per_image = [tf_image_ssim_reference(target[i].permute(1, 2, 0).numpy(), pred[i].permute(1, 2, 0).numpy())
+                 for i in range(2)]
+    assert _single("tf_ssim", pred, target).item() == pytest.approx(1 - np.mean(per_image), abs=1e-10)
+    assert _single("tf_ssim", target, target).item() == pytest.approx(0.0, abs=1e-12)
+    # the smallest image TF accepts is the window itself: one valid position
+    tiny_pred, tiny_target = _images((1, 3, 11, 11), seed=3)
+    want = 1 - tf_image_ssim_reference(tiny_target[0].permute(1, 2, 0).numpy(), tiny_pred[0].permute(1, 2, 0).numpy())
+    assert _single("tf_ssim", tiny_pred, tiny_target).item() == pytest.approx(want, abs=1e-10)
+    # the same number as the metrics' Gaussian-window SSIM (MS-SSIM with one scale), which scipy computes
+    one_scale = [M.ms_ssim(pred[i].permute(1, 2, 0).numpy(), target[i].permute(1, 2, 0).numpy(), weights=(1.0,),
+                           window="gaussian11") for i in range(2)]
+    assert np.mean(per_image) == pytest.approx(np.mean(one_scale), abs=1e-10)
+    # and a different number from the evaluation tables' SSIM (7x7 uniform window, sample covariance)
+    assert abs(_single("tf_ssim", pred, target).item() - _single("ssim", pred, target).item()) > 1e-3
+
+
+def test_tf_ssim_loss_needs_the_window_and_has_gradients():
+    from pipeline_src.config import ConfigError
+
+    pred, target = _images((1, 3, 10, 40))
+    with pytest.raises(ConfigError, match="10x40; tf.image.ssim needs at least 11x11"):
+        _single("tf_ssim", pred, target)
+    pred, target = _images((2, 3, 16, 16))
+    pred = pred.clone().requires_grad_(True)
+    _single("tf_ssim", pred, target).backward()
+    assert torch.isfinite(pred.grad).all() and pred.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="differ in shape"):
+        _single("tf_ssim", pred, target[:, :, :15])
 
 
 def test_gradient_loss_zero_for_identical_and_right_on_a_ramp():

@@ -1,4 +1,5 @@
-"""Benchmark: random patch reads from the patch arrays (.npy, memory-mapped) against PNG files.
+"""Benchmark: random patch reads from the patch arrays (.npy, memory-mapped) against PNG files, and random
+crops of the memory-mapped whole images against the windows.
 
     python -m pipeline_src bench-patches --patches data/patches/X [--split train] [--reads 200]
                                          [--repeats 3] [--full-images] [--out bench.json]
@@ -6,11 +7,16 @@
 A "read" is what one training item needs: the same window of every image array (views, target, mask;
 the float defocus map has no PNG form and is left out of both sides). The same randomly chosen patches
 are read three ways:
-  npy          np.load(mmap_mode="r") of <split>/<key>.npy, then one patch copied out per key;
+  npy          np.load(mmap_mode="r") of <split>/<key>.npy, then one patch copied out per key
+               (`sampling: windows`);
   png-patches  the same patches written as one PNG per patch and key (DPDNet's and ATTSF's patch
                format), decoded with OpenCV (pipeline_src.fileio.read_image);
   full-images  (with --full-images) the sample's original files decoded whole, then cropped: what a
                loader without a patch stage does.
+and, where the split has whole-image arrays (<split>/images/, pipeline_src/data/whole_images.py):
+  npy-image-crops  a crop of the window size at a random position of a random whole image, copied out of
+               the flat memory-mapped arrays per key (`sampling: whole_images` without resampling): the
+               same bytes per read as `npy`, read as S strided rows instead of one contiguous block.
 Each is timed warm (page cache primed by an untimed pass) and cold (the files dropped from the page
 cache with posix_fadvise(DONTNEED) before each pass; best effort: the kernel may keep some pages).
 The PNG copies go to a temporary folder beside the patch folder (same disk) and are removed afterwards.
@@ -79,10 +85,16 @@ def benchmark(patches: str | Path, split: str = "train", reads: int = 200, repea
         }
         if full_images:
             readers["full-images"] = _full_image_reader(meta, split, picks)
+        image_crops = _image_crop_reader(patches, meta, split, keys, reads, seed)
+        if image_crops is not None:
+            readers["npy-image-crops"] = image_crops
         timings = {name: {"warm_s": _time(fn, files, repeats, cold=False),
                           "cold_s": _time(fn, files, repeats, cold=True)} for name, (fn, files) in readers.items()}
         disk = {"npy": sum(f.stat().st_size for f in npy_files) / count,
                 "png-patches": sum(f.stat().st_size for f in png_files.values()) / len(set(picks))}
+        disk_total = {"npy": sum(f.stat().st_size for f in npy_files)}
+        if image_crops is not None:
+            disk_total["npy-image-crops"] = sum(f.stat().st_size for f in image_crops[1])
 
     decoded = sum(np.load(f, mmap_mode="r")[0].nbytes for f in npy_files)
     results = {}
@@ -93,6 +105,7 @@ def benchmark(patches: str | Path, split: str = "train", reads: int = 200, repea
             "warm_reads_per_s": reads / t["warm_s"],
             "cold_reads_per_s": reads / t["cold_s"],
             "bytes_on_disk_per_read": disk.get(name),
+            "bytes_on_disk_total": disk_total.get(name),
         }
     for r in results.values():
         for state in ("warm", "cold"):
@@ -108,11 +121,14 @@ def format_table(result: dict) -> str:
     head = (f"{result['reads']} random reads of {result['patch_size']}px {result['bit_depth']}-bit patches "
             f"({'+'.join(result['keys'])}; {result['decoded_bytes_per_read'] / 2**20:.2f} MiB decoded per read), "
             f"median of {result['repeats']}")
-    lines = [head, f"{'format':<12} {'warm ms':>9} {'cold ms':>9} {'x npy time (warm/cold)':>24} {'disk/read':>11}"]
+    lines = [head, f"{'format':<15} {'warm ms':>9} {'cold ms':>9} {'x npy time (warm/cold)':>24} {'disk/read':>11} "
+                   f"{'disk, split':>12}"]
     for name, r in result["results"].items():
         disk = f"{r['bytes_on_disk_per_read'] / 2**20:.2f} MiB" if r["bytes_on_disk_per_read"] else "-"
-        lines.append(f"{name:<12} {r['warm_ms_per_read']:9.2f} {r['cold_ms_per_read']:9.2f} "
-                     f"{r['warm_times_slower_than_npy']:>11.1f}x /{r['cold_times_slower_than_npy']:>6.1f}x {disk:>11}")
+        total = f"{r['bytes_on_disk_total'] / 2**20:.1f} MiB" if r.get("bytes_on_disk_total") else "-"
+        lines.append(f"{name:<15} {r['warm_ms_per_read']:9.2f} {r['cold_ms_per_read']:9.2f} "
+                     f"{r['warm_times_slower_than_npy']:>11.1f}x /{r['cold_times_slower_than_npy']:>6.1f}x {disk:>11} "
+                     f"{total:>12}")
     return "\n".join(lines)
 
 
@@ -135,7 +151,8 @@ def _write_png_copies(npy_files: list[Path], keys: list[str], indices: list[int]
 def _read_npy(npy_files: list[Path], picks: list[int]) -> list:
     import numpy as np
 
-    arrays = [np.load(f, mmap_mode="r") for f in npy_files]   # opened per pass, as a fresh worker would
+    # opened per pass, as a fresh worker would; plain ndarray views of the maps, as the training sets read them
+    arrays = [np.asarray(np.load(f, mmap_mode="r")) for f in npy_files]
     return [[np.array(a[i]) for a in arrays] for i in picks]
 
 
@@ -174,6 +191,33 @@ def _full_image_reader(meta: dict, split: str, picks: list[int]) -> tuple[Callab
         return out
 
     return read, files
+
+
+def _image_crop_reader(patches: Path, meta: dict, split: str, keys: list[str], reads: int,
+                       seed: int) -> tuple[Callable[[], None], list[Path]] | None:
+    """Random window-sized crops of the whole images (None when the split has no whole-image arrays)."""
+    import numpy as np
+
+    from pipeline_src.data.whole_images import ImageStore
+
+    if split not in (meta.get("images") or {}).get("splits", {}):
+        return None
+    size = meta["size"]
+    store = ImageStore(patches, split, keys, meta)
+    fits = [i for i, e in enumerate(store.entries) if min(e.height, e.width) >= size]
+    if not fits:
+        return None
+    rng = np.random.default_rng([seed, 1])
+    crops = []
+    for i in rng.choice(fits, size=reads).tolist():
+        e = store.entries[i]
+        crops.append((i, int(rng.integers(0, e.height - size + 1)), int(rng.integers(0, e.width - size + 1))))
+
+    def read() -> list:
+        fresh = ImageStore(patches, split, keys, meta)   # opened per pass, as a fresh worker would
+        return [[fresh.region(k, i, y, y + size, x, x + size) for k in keys] for i, y, x in crops]
+
+    return read, [store.folder / f"{k}.npy" for k in keys]
 
 
 def _evict(files: list[Path]) -> None:

@@ -10,9 +10,10 @@ noisy, so every ratio compares runs made seconds apart):
                      warmup + steps and its log / validation / checkpoint / image intervals set beyond the run:
                      the runner's per-step work only (lr per step, loss terms read back, finiteness check,
                      sampler, a DataLoader per epoch);
-  plain              a plain `for` loop: the same model built under the same seed, the same PatchDataset (crop,
-                     flips), batch size, optimiser, loss and precision (AMP and channels-last on CUDA, as the
-                     runner), a shuffled DataLoader with the phase's workers, no lr schedule, no logging;
+  plain              a plain `for` loop: the same model built under the same seed, the same training set (the
+                     phase's sampling, crop, flips), batch size, optimiser, loss and precision (AMP and
+                     channels-last on CUDA, as the runner), a shuffled DataLoader with the phase's workers, no
+                     lr schedule, no logging;
   runner_configured  `run_phase` with the phase's intervals as configured: adds the periodic log lines,
                      validations, checkpoint writes and sample images that fall inside the timed window (their
                      counts are reported; choose --steps >= the largest interval to include each at least once).
@@ -214,10 +215,9 @@ def run_plain(recipe: dict, phase: int, patches: Path, seed: int, device, weight
     """The minimal loop a user would write by hand for this phase (see the module docstring)."""
     import torch
 
-    from pipeline_src.data.patch_dataset import PatchDataset
     from pipeline_src.losses import build_loss
     from pipeline_src.models import build_model
-    from pipeline_src.train.batches import loss_options, target_key
+    from pipeline_src.train.batches import loss_options, target_key, training_set
     from pipeline_src.train.optim import build_optimizer
     from pipeline_src.train.runner import amp_dtype, model_seed, seed_everything
 
@@ -229,10 +229,7 @@ def run_plain(recipe: dict, phase: int, patches: Path, seed: int, device, weight
     if cuda and p.get("channels_last", True):
         model = model.to(memory_format=torch.channels_last)
     target = target_key(model)
-    augment = p.get("augment", {})
-    data = PatchDataset(patches, "train", keys=[*model.input_views, target], crop=p["crop"],
-                        hflip=augment.get("hflip", False), vflip=augment.get("vflip", False),
-                        rot90=augment.get("rot90", False), seed=seed)
+    data = training_set(patches, p, model, seed)   # the phase's own sampling (windows or whole-image crops)
     loader = torch.utils.data.DataLoader(data, batch_size=p["batch_size"], shuffle=True, drop_last=True,
                                          num_workers=p.get("num_workers", 0), pin_memory=cuda,
                                          generator=torch.Generator().manual_seed(seed))

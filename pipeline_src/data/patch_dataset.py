@@ -1,10 +1,10 @@
-"""A torch Dataset over the patch arrays written by the `patches` stage.
+"""A torch Dataset over the window arrays written by the `patches` stage (`sampling: windows`).
 
 Item i is a dict of float32 CHW tensors, one per array key:
-  views and target: (3, S, S) in [0, 1] (divided by 255 or 65535, the stored bit depth's maximum);
-  mask: (1, S, S) 0/1 with 1 = in focus; defocus: (1, S, S) signed circle-of-confusion radius in pixels;
-  plus "index": the patch index (int64 scalar tensor).
-S is `crop` when given (a random crop of the patch), else the patch size.
+  views and target: (3, S, S) in [0, 1] (divided by 255 or 65535, the stored bit depth's maximum, or read at
+  the phase's `bit_depth` first); mask: (1, S, S) 0/1 with 1 = in focus; defocus: (1, S, S) signed
+  circle-of-confusion radius in pixels; plus "index": the patch index (int64 scalar tensor).
+S is `crop` when given (a random crop of the window), else the window size.
 
 Augmentation is drawn once per item and applied IDENTICALLY to every key, so the views, target and mask
 stay aligned: a random crop, then a horizontal flip, a vertical flip and a rotation by k x 90 degrees,
@@ -32,22 +32,30 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from pipeline_src.errors import ConfigError, DataError
+from pipeline_src.config import ConfigError
+from pipeline_src.data.augment import Augment, check_bit_depth, flip_and_turn, read_at_bit_depth, to_chw_float
+from pipeline_src.data.sampling import SAMPLINGS
+from pipeline_src.errors import DataError
+
+
+def read_patch_meta(root: Path) -> dict:
+    meta_path = root / "meta.json"
+    if not meta_path.is_file():
+        raise DataError(f"{meta_path}: no patch metadata; run `python -m pipeline_src patches` first")
+    return json.loads(meta_path.read_text())
 
 
 class PatchDataset(Dataset):
-    """Random-access patches of one split of a patch folder (see the module docstring)."""
+    """Random-access windows of one split of a patch folder (see the module docstring)."""
 
     def __init__(self, root: str | Path, split: str = "train", keys: list[str] | None = None,
                  crop: int | None = None, hflip: bool = False, vflip: bool = False, rot90: bool = False,
-                 seed: int = 0):
+                 seed: int = 0, bit_depth: int | None = None):
         self.root = Path(root)
-        meta_path = self.root / "meta.json"
-        if not meta_path.is_file():
-            raise DataError(f"{meta_path}: no patch metadata; run `python -m pipeline_src patches` first")
-        self.meta = json.loads(meta_path.read_text())
+        self.meta = read_patch_meta(self.root)
         if split not in self.meta["splits"]:
-            raise DataError(f"{self.root}: no {split!r} patches; present: {sorted(self.meta['splits'])}")
+            raise DataError(f"{self.root}: no {split!r} windows; present: {sorted(self.meta['splits'])} "
+                            f"(the preset's patches.splits decides which are cut)")
         available = list(self.meta["arrays"])
         self.keys = list(keys) if keys is not None else available
         unknown = [k for k in self.keys if k not in available]
@@ -55,9 +63,12 @@ class PatchDataset(Dataset):
             raise DataError(f"{self.root}: no array(s) {unknown}; present: {available}")
         size = self.meta["size"]
         if crop is not None and not 0 < crop <= size:
-            raise ConfigError(f"crop {crop}; expected 0 < crop <= patch size {size} ({meta_path})")
+            raise ConfigError(f"crop {crop}; expected 0 < crop <= window size {size} ({self.root / 'meta.json'}): "
+                              f"lower the phase's crop or cut larger windows")
+        check_bit_depth(self.meta["bit_depth"], bit_depth, str(self.root))
         self.split, self.crop, self.size = split, crop, size
         self.hflip, self.vflip, self.rot90 = hflip, vflip, rot90
+        self.bit_depth = bit_depth
         self.seed, self.epoch = seed, 0
         self._len = int(self.meta["splits"][split]["count"])
         self._arrays: dict[str, np.ndarray] | None = None
@@ -70,7 +81,9 @@ class PatchDataset(Dataset):
 
     def _open(self) -> dict[str, np.ndarray]:
         if self._arrays is None:
-            self._arrays = {k: np.load(self.root / self.split / f"{k}.npy", mmap_mode="r") for k in self.keys}
+            # plain ndarray views of the maps: slicing them skips np.memmap's per-slice bookkeeping
+            self._arrays = {k: np.asarray(np.load(self.root / self.split / f"{k}.npy", mmap_mode="r"))
+                            for k in self.keys}
         return self._arrays
 
     def __getstate__(self):
@@ -95,19 +108,19 @@ class PatchDataset(Dataset):
         y, x, c = aug["y"], aug["x"], aug["crop"]
         out = {}
         for key, arr in self._open().items():
-            a = np.asarray(arr[index, y:y + c, x:x + c])
-            if a.ndim == 2:
-                a = a[:, :, None]
-            if aug["hflip"]:
-                a = a[:, ::-1]
-            if aug["vflip"]:
-                a = a[::-1]
-            if aug["rot90"]:
-                a = np.rot90(a, aug["rot90"], axes=(0, 1))
-            a = a.astype(np.float32)
-            if arr.dtype in (np.uint8, np.uint16) and key != "mask":
-                a /= float(np.iinfo(arr.dtype).max)
-            out[key] = torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))
+            a = read_at_bit_depth(np.asarray(arr[index, y:y + c, x:x + c]), key, self.bit_depth)
+            a = flip_and_turn(a if a.ndim == 3 else a[:, :, None], aug["hflip"], aug["vflip"], aug["rot90"])
+            out[key] = to_chw_float(a, key)
         out["index"] = torch.tensor(index, dtype=torch.int64)
         return out
 
+
+@SAMPLINGS.register("windows")
+def window_crops(patch_dir: Path, keys: list[str], crop: int, augment: Augment, seed: int,
+                 bit_depth: int | None) -> PatchDataset:
+    """`sampling: windows`: crops from the stored windows (DPDNet's and ATTSF's pre-cut patches)."""
+    if augment.resamples:
+        raise ConfigError(f"augment scale / rotate_degrees resample around the crop and need `sampling: "
+                          f"whole_images`; windows ({patch_dir}) have no room around them")
+    return PatchDataset(patch_dir, "train", keys=keys, crop=crop, hflip=augment.hflip, vflip=augment.vflip,
+                        rot90=augment.rot90, seed=seed, bit_depth=bit_depth)

@@ -6,7 +6,8 @@ outputs a model returns in training mode (coarse -> fine): single-scale losses u
 or KPAC phase 2's {"l1": 1.0, "perceptual": 7e-4}, turned into a module by `build_loss`.
 
 Names: "l1" (= "mae"), "mse", "bce" (with logits) in pixel.py; "ssim" (1 - SSIM), "ms_ssim" (1 - MS-SSIM) in
-structural.py, computed by the same functions as the evaluation metrics; "gradient" (ADNet) in gradient.py;
+structural.py, computed by the same functions as the evaluation metrics, and "tf_ssim" (1 - tf.image.ssim,
+ATTSF's code's SSIM term: 11x11 Gaussian window) there too; "gradient" (ADNet) in gradient.py;
 "multiscale_mse" (ADNet) in multiscale.py; "perceptual" (KPAC, VGG19 conv4_4) in perceptual.py.
 This module imports no torch, so naming or validating losses stays cheap.
 """
@@ -27,6 +28,7 @@ LOSSES = Registry(
         "bce": "pipeline_src.losses.pixel",
         "ssim": "pipeline_src.losses.structural",
         "ms_ssim": "pipeline_src.losses.structural",
+        "tf_ssim": "pipeline_src.losses.structural",
         "gradient": "pipeline_src.losses.gradient",
         "multiscale_mse": "pipeline_src.losses.multiscale",
         "perceptual": "pipeline_src.losses.perceptual",

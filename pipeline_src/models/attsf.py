@@ -11,8 +11,8 @@ Two attention encoders with their own weights, one for the left view and one for
 Bottleneck  E = DA(conv t, conv t ([m4_L, m4_R]))                                  1/8
 In parallel:
     triple local x 2 (separate weights): [conv1x1, conv3x3, conv5x5] t each -> conv3x3 t -> + input -> conv3x3 t
-    global non-local: 7x7 average pool -> theta, phi, g (1x1, 256) -> softmax(theta phi) g -> 1x1 t
-                      -> + pooled -> nearest upsample to 1/8 -> conv3x3 t
+    global non-local: 7x7 average pool -> theta, phi, g (1x1, 256) -> softmax(theta . phi) g -> 1x1 t
+                      -> + pooled -> nearest upsample to 1/8 -> conv3x3 t   (theta . phi: see below)
 Merge  [triple, global, m4_L, m4_R] -> conv 8f -> conv 4f                          1/8
 Decoder (LeakyReLU 0.3, Keras' default), three times: up x2 -> conv, conv -> [m_L, m_R, .] -> conv
     widths 4f (1/4), 2f (1/2), f (1)
@@ -20,11 +20,14 @@ Head  conv f, conv f (LeakyReLU) -> conv f ReLU -> conv 3 ReLU -> [m0_L, m0_R, .
       -> conv1x1 3 -> sigmoid
 90,771,262 parameters with the defaults (the two triple-local modules are 37.2 M of them).
 
-Paper vs code (paper is the default, code is an option):
-- Non-local product. Paper (after Wang et al.'s non-local networks): theta^T phi, a 49 x 49 affinity between
-  positions. Code: phi is `Reshape((256, h*w))`-ed from an h x w x 256 tensor, a raw memory reshape
-  instead of a transpose, so the "affinity" mixes positions and channels. `nonlocal_mode="code"` reproduces
-  that (on the NHWC memory order the Keras model had).
+The non-local product (the paper gives no formula; it cites Wang et al.'s non-local networks and Buades et
+al.'s non-local means). Default `nonlocal_mode="code"`, as the released model.py computes it: theta is
+`Reshape((h*w, 256))` (P x C, P = 49 grid cells), but phi is `Reshape((256, h*w))`-ed from its h x w x 256
+(NHWC) tensor: a raw memory reshape, not a transpose, so the 49 x 49 "affinity" theta . phi mixes positions
+and channels; softmax over its last axis, times g (P x C), reshaped back to 7 x 7 x 256. This is what produced
+the published weights and numbers, and is reproduced on the NHWC memory order the Keras model had.
+`nonlocal_mode="transposed"`: the textbook non-local block (Wang et al. 2018), phi transposed, so the
+affinity is position by position; the reading a paper-only port would take.
 Porting choices:
 - The 7x7 adaptive average pool is a reshape-mean over equal bins (H/8 is a multiple of 7 once the input is
   padded to `size_multiple = 56`), and the upsample back is nearest by the same integer factor; both keep H
@@ -39,11 +42,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline_src.config import ConfigError
 from pipeline_src.models import MODELS
 from pipeline_src.models.layers.dual_attention import DualAttention
 from pipeline_src.models.layers.padding import crop_to, pad_to_multiple
 
-NONLOCAL_MODES = ("paper", "code")
+NONLOCAL_MODES = ("code", "transposed")  # see the module docstring
 GLOBAL_GRID = 7  # the code's AdaptiveAveragePooling2D(output_size=(7, 7))
 
 
@@ -106,10 +110,11 @@ def grid_average_pool(x: torch.Tensor, grid: int) -> torch.Tensor:
 class GlobalNonLocal(nn.Module):
     """Non-local attention over a 7x7 average-pooled grid, broadcast back to the input's size."""
 
-    def __init__(self, channels: int, inner: int, mode: str = "paper"):
+    def __init__(self, channels: int, inner: int, mode: str = "code"):
         super().__init__()
         if mode not in NONLOCAL_MODES:
-            raise ValueError(f"nonlocal_mode={mode!r}; accepted: {', '.join(NONLOCAL_MODES)}")
+            raise ConfigError(f"nonlocal_mode={mode!r}; accepted: {', '.join(NONLOCAL_MODES)} "
+                              "(a model arg of the recipe)")
         self.mode = mode
         self.theta = _conv_relu(channels, inner, 1)
         self.phi = _conv_relu(channels, inner, 1)
@@ -121,7 +126,7 @@ class GlobalNonLocal(nn.Module):
         """Softmax-normalised N x P x P weights (P = 49 grid cells) from theta and phi, both N x C x 7 x 7."""
         n, c = theta.shape[0], theta.shape[1]
         theta = theta.flatten(2).transpose(1, 2)  # N x P x C, P = 49 positions
-        if self.mode == "paper":
+        if self.mode == "transposed":
             phi = phi.flatten(2)  # N x C x P: a true transpose of N x P x C
         else:
             # Keras Reshape((C, P)) on the NHWC tensor: reinterpret the P x C memory as C x P.
@@ -157,7 +162,7 @@ class ATTSF(nn.Module):
     size_multiple = 56  # three 2x poolings, then the 7x7 global grid: 8 * 7
 
     def __init__(self, filters: int = 64, triple_pass_filter: int = 512, nonlocal_filter: int = 256,
-                 nonlocal_mode: str = "paper", decoder_negative_slope: float = 0.3):
+                 nonlocal_mode: str = "code", decoder_negative_slope: float = 0.3):
         super().__init__()
         f, t = filters, triple_pass_filter
         if f < 8 or t < 8 or nonlocal_filter < 1:

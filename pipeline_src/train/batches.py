@@ -1,8 +1,10 @@
-"""What the phase runner feeds the model: patch datasets, loaders, validation and sample images.
+"""What the phase runner feeds the model: training sets, loaders, validation and sample images.
 
-The patch dataset returns one dict per patch (each view, the target or mask, as CHW float tensors in [0, 1])
-with the same crop and flips on every view. Here the model's `input_views` are concatenated along channels
-in the model's order, which is the one input tensor every model takes.
+The phase's `sampling` picks the training set (pipeline_src/data/sampling.py): crops of the stored windows
+(`windows`) or of the whole images (`whole_images`). Either returns one dict per item (each view, the target
+or mask, as CHW float tensors in [0, 1]) with the same crop and flips on every view. Here the model's
+`input_views` are concatenated along channels in the model's order, which is the one input tensor every
+model takes. Validation always uses the stored val windows, whole (no crop, no flips).
 """
 from __future__ import annotations
 
@@ -19,19 +21,27 @@ def target_key(model) -> str:
 
 
 def training_set(patch_dir: Path, phase: dict, model, seed: int):
+    """The phase's training Dataset: its `sampling`, `crop`, `augment` and `bit_depth` (a pure function of
+    (seed, epoch, index) per item, whichever sampling)."""
+    from pipeline_src.config import ConfigError
+    from pipeline_src.data.sampling import build_training_set
+
+    where = f"phase {phase.get('name', '?')!r}"
+    if "sampling" not in phase:
+        raise ConfigError(f"{where}: no `sampling` (windows | whole_images); the recipe must say how it crops")
+    return build_training_set(phase["sampling"], patch_dir, keys=[*model.input_views, target_key(model)],
+                              crop=phase["crop"], augment=phase.get("augment"), seed=seed,
+                              bit_depth=phase.get("bit_depth"), where=where)
+
+
+def validation_batches(patch_dir: Path, model, count: int,
+                       bit_depth: int | None = None) -> list[dict[str, torch.Tensor]]:
+    """The first `count` validation patches, whole (no crop, no flips), one per batch; fixed for the phase.
+    `bit_depth`: the phase's (KPAC validates at the 8 bits it trains at, once the runner passes it)."""
     from pipeline_src.data.patch_dataset import PatchDataset
 
-    augment = phase.get("augment", {})
-    return PatchDataset(patch_dir, "train", keys=[*model.input_views, target_key(model)], crop=phase["crop"],
-                        hflip=augment.get("hflip", False), vflip=augment.get("vflip", False),
-                        rot90=augment.get("rot90", False), seed=seed)
-
-
-def validation_batches(patch_dir: Path, model, count: int) -> list[dict[str, torch.Tensor]]:
-    """The first `count` validation patches, whole (no crop, no flips), one per batch; fixed for the phase."""
-    from pipeline_src.data.patch_dataset import PatchDataset
-
-    val = PatchDataset(patch_dir, "val", keys=[*model.input_views, target_key(model)], crop=None, seed=0)
+    val = PatchDataset(patch_dir, "val", keys=[*model.input_views, target_key(model)], crop=None, seed=0,
+                       bit_depth=bit_depth)
     if len(val) == 0:
         raise DataError(f"{patch_dir}: no validation patches; the val split needs at least one sample")
     return [{k: v.unsqueeze(0) for k, v in val[i].items()} for i in range(min(count, len(val)))]

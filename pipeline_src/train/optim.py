@@ -26,7 +26,8 @@ def sgd(params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, nes
 
 
 def build_optimizer(spec: dict, params):
-    args = {k: v for k, v in spec.items() if k != "name"}
+    # A null argument means "the builder's default": how a recipe option removes a key its base phase sets.
+    args = {k: v for k, v in spec.items() if k != "name" and v is not None}
     try:
         return OPTIMIZERS.build(spec["name"], params, **args)
     except TypeError as e:

@@ -1,4 +1,4 @@
-"""A resumable, rank-aware order over the training patches.
+"""A resumable, rank-aware order over the training items (windows, or whole images to crop from).
 
 The order of epoch e is a permutation drawn from (seed, e) alone, so a run restarted at (epoch, batch) sees
 exactly the batches the uninterrupted run would have seen. Under DDP each rank takes every world-th batch
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline_src.errors import ConfigError
+from pipeline_src.config import ConfigError
 
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
@@ -16,10 +16,12 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
 
 
 def batches_per_epoch(n: int, batch_size: int, world_size: int = 1) -> int:
+    """Full batches per epoch per rank; an epoch is one pass over the items: the windows (`sampling: windows`)
+    or one crop per training image (`sampling: whole_images`)."""
     per = n // (batch_size * world_size)
     if per == 0:
-        raise ConfigError(f"{n} training patches cannot fill one batch of {batch_size} x {world_size} rank(s): "
-                          f"lower batch_size or cut more patches (smaller stride)")
+        raise ConfigError(f"{n} training items (windows or whole images) cannot fill one batch of {batch_size} x "
+                          f"{world_size} rank(s): lower batch_size, or cut more windows (smaller stride) / add images")
     return per
 
 

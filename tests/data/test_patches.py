@@ -1,5 +1,6 @@
 """`patches`: window positions, identical windows over every view, 16 bits kept, the DPDNet discard, the
-patch dataset's augmentation and determinism, and the patch-reading benchmark on a tiny set."""
+whole-image arrays beside the windows, per-layout preset settings (CUHK-sized images at the paper preset), the
+window dataset's augmentation and determinism, and the patch-reading benchmark on a tiny set."""
 from __future__ import annotations
 
 import json
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from pipeline_src.cli import main
+from pipeline_src.config import ConfigError
 from pipeline_src.data.patches import (
     PatchSettings,
     keep_after_discard,
@@ -20,9 +22,10 @@ from pipeline_src.data.patches import (
     write_patches,
 )
 from pipeline_src.data.samples import load_manifest, load_sample, manifest_sha256
+from pipeline_src.data.whole_images import ImageStore
 from pipeline_src.errors import DataError
 from pipeline_src.fileio import read_image
-from tests.data.test_manifest import CONFIG, make_cuhk_tree, make_dpdd_tree, put
+from tests.data.test_manifest import CONFIG, image, make_cuhk_tree, make_detection_mask, make_dpdd_tree, put
 
 
 def build(tmp_path: Path, *flags: str, tree=None, layout: str = "dpdd", index_flags=()) -> tuple[Path, Path]:
@@ -59,18 +62,30 @@ def test_window_grid_at_paper_scale():
 def test_settings_from_presets_and_their_errors(tmp_path):
     paper = load_settings(CONFIG / "presets.yaml", "paper")
     assert (paper.size, paper.stride, paper.stride_for("val")) == (560, 140, 560)
-    with pytest.raises(KeyError, match="no preset 'huge'"):
+    assert paper.discard_fraction == 0.3 and paper.whole_images == ("train",)
+    assert load_settings(CONFIG / "presets.yaml", "paper", "dpdd") == paper        # DPDD: ATTSF's windows
+    for layout in ("cuhk", "dut", "gopro", "dvd"):    # crop-from-whole-image datasets: small windows, no discard
+        s = load_settings(CONFIG / "presets.yaml", "paper", layout)
+        assert (s.size, s.stride, s.discard_fraction, s.whole_images) == (256, 256, 0.0, ("train",)), layout
+    for preset in ("smoke", "default"):
+        assert load_settings(CONFIG / "presets.yaml", preset).whole_images == ("train",)
+    with pytest.raises(ConfigError, match="no preset 'huge'"):
         load_settings(CONFIG / "presets.yaml", "huge")
-    with pytest.raises(ValueError, match="stride = 40 > size 32"):
+    with pytest.raises(ConfigError, match="stride = 40 > size 32"):
         PatchSettings(size=32, stride=40)
-    with pytest.raises(ValueError, match="discard_fraction = 1.0"):
+    with pytest.raises(ConfigError, match="discard_fraction = 1.0"):
         PatchSettings(size=32, stride=8, discard_fraction=1.0)
-    with pytest.raises(ValueError, match=r"splits = \['test'\]"):
+    with pytest.raises(ConfigError, match=r"splits = \['test'\]"):
         PatchSettings(size=32, stride=8, splits=("test",))
+    with pytest.raises(ConfigError, match=r"whole_images = \['test'\]"):
+        PatchSettings(size=32, stride=8, whole_images=("test",))
     bad = tmp_path / "presets.yaml"
     bad.write_text("smoke:\n  patches: {size: 8, strde: 4}\n")
-    with pytest.raises(ValueError, match=r"unknown keys \['strde'\]"):
+    with pytest.raises(ConfigError, match=r"unknown keys \['strde'\]"):
         load_settings(bad, "smoke")
+    bad.write_text("smoke:\n  patches: {size: 8, stride: 4, by_layout: {cuhk: {size: 4, colour: 1}}}\n")
+    with pytest.raises(ConfigError, match=r"by_layout\.cuhk: unknown keys \['colour'\]"):
+        load_settings(bad, "smoke", "cuhk")
 
 
 # ----------------------------------------------------------------------------------------------- writing
@@ -81,8 +96,11 @@ def test_patches_are_the_same_windows_of_every_view_and_keep_16_bits(tmp_path):
     assert meta["manifest_sha256"] == manifest_sha256(manifest_path)
     assert (meta["size"], meta["stride"], meta["val_stride"], meta["bit_depth"]) == (16, 8, 16, 16)
     assert sorted(p.name for p in out.iterdir()) == ["meta.json", "train", "val"]     # no test patches
-    assert sorted(p.name for p in (out / "train").iterdir()) == ["c.npy", "defocus.npy", "l.npy", "r.npy",
-                                                                 "target.npy"]
+    assert sorted(p.name for p in (out / "train").iterdir()) == ["c.npy", "defocus.npy", "images", "l.npy",
+                                                                 "r.npy", "target.npy"]
+    assert sorted(p.name for p in (out / "val").iterdir()) == ["c.npy", "defocus.npy", "l.npy", "r.npy",
+                                                               "target.npy"]   # whole images: train only
+    assert meta["format"] == 2
     # train: 24x32 landscape -> ys 0,8 x xs 0,8,16; 32x24 portrait -> ys 0,8,16 x xs 0,8: 6 + 6 windows.
     windows = meta["splits"]["train"]["windows"]
     assert meta["splits"]["train"]["count"] == 12 == len(windows)
@@ -141,13 +159,82 @@ def test_detection_patches_have_in_focus_masks_and_skip_the_discard(tmp_path):
     assert np.load(out / "val" / "c.npy").shape[0] > 0          # val carved from train by the index stage
 
 
-def test_image_smaller_than_the_patch_is_named_and_nothing_is_left(tmp_path):
+def test_image_smaller_than_the_patch_is_named_and_nothing_is_left(tmp_path, capsys):
     root = make_dpdd_tree(tmp_path / "dpdd", size=(24, 32))
     manifest = tmp_path / "m.json"
     main(["index", "mini", "--root", str(root), "--out", str(manifest), "--layout", "dpdd"])
-    with pytest.raises(ValueError, match=r"train_c/source/1P0A0890\.png: 32x24 \(WxH\) is smaller than the 28px"):
+    with pytest.raises(DataError, match=r"train_c/source/1P0A0890\.png: 32x24 \(WxH\) is smaller than the 28px"):
         write_patches(manifest, tmp_path / "patches", PatchSettings(size=28, stride=8))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dpdd", "m.json"]
+    # through the CLI: one line naming the file and the setting to change, exit code 2
+    assert main(["patches", "--manifest", str(manifest), "--out", str(tmp_path / "patches"), "--preset", "smoke",
+                 "--presets", str(CONFIG / "presets.yaml"), "--size", "28", "--stride", "8"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "by_layout.dpdd.size" in err and err.count("\n") == 1
+
+
+# ------------------------------------------------------------------------------------------- whole images
+def test_whole_images_are_stored_flat_each_in_its_own_shape_and_never_discarded(tmp_path):
+    manifest_path, out = build(tmp_path, "--size", "16", "--stride", "8", "--discard-fraction", "0.5")
+    meta = json.loads((out / "meta.json").read_text())
+    manifest = load_manifest(manifest_path)
+    images = meta["images"]["splits"]["train"]
+    assert list(meta["images"]["splits"]) == ["train"] and images["count"] == 2
+    # one landscape 24x32 and one portrait 32x24 image, stored one after the other in their own shapes
+    entries = images["images"]
+    assert [(e["height"], e["width"], e["orientation"]) for e in entries] == [(24, 32, "landscape"),
+                                                                             (32, 24, "portrait")]
+    assert [e["offset"] for e in entries] == [0, 24 * 32] and images["pixels"] == 2 * 24 * 32
+    assert meta["discard"]["applied"] and meta["splits"]["train"]["dropped"] > 0   # windows discarded ...
+    assert "never discarded" in meta["images"]["discard"]                           # ... whole images not
+    c = np.load(out / "train" / "images" / "c.npy", mmap_mode="r")
+    assert c.shape == (2 * 24 * 32, 3) and c.dtype == np.uint16
+    assert np.load(out / "train" / "images" / "defocus.npy", mmap_mode="r").shape == (2 * 24 * 32,)
+    store = ImageStore(out, "train", ["c", "l", "r", "target", "defocus"], meta)
+    for i, e in enumerate(entries):
+        full = load_sample(manifest, manifest["samples"][e["sample"]])
+        for key in store.keys:
+            np.testing.assert_array_equal(store.view(key, i), full[key], err_msg=f"{key} image {i}")
+        np.testing.assert_array_equal(store.region("c", i, 3, 9, 2, 14), full["c"][3:9, 2:14])
+
+
+def test_whole_images_can_be_left_out_and_the_crop_sampler_says_how_to_get_them(tmp_path):
+    from pipeline_src.data.image_crops import WholeImageCrops
+
+    _, out = build(tmp_path, "--size", "16", "--stride", "8", "--whole-images")
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["images"]["splits"] == {} and not (out / "train" / "images").exists()
+    with pytest.raises(DataError, match=r"no whole-image arrays for the 'train' split.*--whole-images train"):
+        WholeImageCrops(out, "train", keys=["c"], crop=8)
+
+
+def make_cuhk_sized_tree(root: Path, count: int = 4) -> Path:
+    """CUHK's layout at CUHK's image size (427 x 640), mask in-focus value 255."""
+    for i in range(1, count + 1):
+        put(root / "image" / f"out_of_focus{i:04d}.jpg", image(427, 640, i))
+        put(root / "gt" / f"out_of_focus{i:04d}.png", make_detection_mask(427, 640, 255))
+    (root / "split.txt").write_text(f"out_of_focus{count:04d}.jpg\n")   # the last image is the test split
+    return root
+
+
+def test_paper_preset_runs_on_cuhk_sized_detection_images(tmp_path):
+    """560-px windows do not fit 427 x 640 images: the paper preset's by_layout gives CUHK 256-px windows."""
+    root = make_cuhk_sized_tree(tmp_path / "cuhk")
+    manifest = tmp_path / "m.json"
+    assert main(["index", "cuhk", "--root", str(root), "--out", str(manifest), "--layout", "cuhk",
+                 "--mask-in-focus-value", "255"]) == 0
+    out = tmp_path / "patches"
+    assert main(["patches", "--manifest", str(manifest), "--out", str(out), "--preset", "paper",
+                 "--presets", str(CONFIG / "presets.yaml")]) == 0
+    meta = json.loads((out / "meta.json").read_text())
+    assert (meta["size"], meta["stride"], meta["layout"]) == (256, 256, "cuhk")
+    train_images = meta["images"]["splits"]["train"]["count"]
+    # 427 x 640 at 256 / 256: rows 0, 171 x columns 0, 256, 384 = 6 windows per image
+    assert meta["splits"]["train"]["count"] == 6 * train_images > 0
+    assert np.load(out / "train" / "images" / "mask.npy", mmap_mode="r").shape == (train_images * 427 * 640,)
+    # the setting the by_layout entry replaces would have stopped the stage, naming the image
+    with pytest.raises(DataError, match=r"out_of_focus\d{4}\.jpg: 640x427 \(WxH\) is smaller than the 560px"):
+        write_patches(manifest, tmp_path / "p560", load_settings(CONFIG / "presets.yaml", "paper", "dpdd"))
 
 
 # ----------------------------------------------------------------------------------------------- dataset
@@ -205,16 +292,26 @@ def test_dataset_is_deterministic_for_a_seed_across_workers(tmp_path):
 
 def test_dataset_rejects_bad_arguments(tmp_path):
     PatchDataset, out = dataset_over_identical_views(tmp_path)
-    with pytest.raises(ValueError, match="crop 17; expected 0 < crop <= patch size 16"):
+    with pytest.raises(ConfigError, match="crop 17; expected 0 < crop <= window size 16"):
         PatchDataset(out, "train", crop=17)
     with pytest.raises(DataError, match=r"no array\(s\) \['mask'\]"):
         PatchDataset(out, "train", keys=["mask"])
-    with pytest.raises(DataError, match="no 'test' patches"):
+    with pytest.raises(DataError, match="no 'test' windows"):
         PatchDataset(out, "test")
     with pytest.raises(DataError, match="no patch metadata"):
         PatchDataset(tmp_path, "train")
     with pytest.raises(IndexError):
         PatchDataset(out, "train")[12]
+
+
+def test_windows_read_at_8_bits_are_round_x_over_257(tmp_path):
+    PatchDataset, out = dataset_over_identical_views(tmp_path)
+    raw = np.load(out / "train" / "c.npy")
+    item = PatchDataset(out, "train", keys=["c", "defocus"], seed=0, bit_depth=8)[3]
+    want = np.round(raw[3].astype(np.float64) / 257) / 255
+    np.testing.assert_allclose(item["c"].numpy().transpose(1, 2, 0), want, atol=1e-6)
+    # the defocus map is not an image: left as it is
+    np.testing.assert_array_equal(item["defocus"][0].numpy(), np.load(out / "train" / "defocus.npy")[3])
 
 
 # --------------------------------------------------------------------------------------------- benchmark
@@ -225,10 +322,17 @@ def test_benchmark_runs_on_a_tiny_set(tmp_path, capsys):
                  "--out", str(result_path)]) == 0
     result = json.loads(result_path.read_text())
     assert result["keys"] == ["c", "l", "r", "target"] and result["reads"] == 6
-    assert set(result["results"]) == {"npy", "png-patches", "full-images"}
+    assert set(result["results"]) == {"npy", "png-patches", "full-images", "npy-image-crops"}
     for r in result["results"].values():
         assert r["warm_ms_per_read"] > 0 and r["cold_ms_per_read"] > 0
     # four uncompressed 16-bit 16x16x3 patches per read, plus a share of the .npy headers
     assert result["results"]["npy"]["bytes_on_disk_per_read"] == pytest.approx(4 * 16 * 16 * 3 * 2, rel=0.1)
-    assert "png-patches" in capsys.readouterr().out
+    # the whole images on disk: two 24x32 images, four 16-bit RGB arrays (plus the .npy headers)
+    crops = result["results"]["npy-image-crops"]
+    assert crops["bytes_on_disk_total"] == pytest.approx(4 * 2 * 24 * 32 * 3 * 2, rel=0.05)
+    assert crops["bytes_on_disk_per_read"] is None
+    assert crops["warm_times_slower_than_npy"] == pytest.approx(
+        crops["warm_ms_per_read"] / result["results"]["npy"]["warm_ms_per_read"])
+    printed = capsys.readouterr().out
+    assert "png-patches" in printed and "npy-image-crops" in printed
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".bench-png-")]   # scratch removed

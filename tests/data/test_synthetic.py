@@ -26,7 +26,7 @@ from pipeline_src.data.synthetic.detection import IN_FOCUS_VALUE
 from pipeline_src.data.synthetic.generate import generate_dataset
 from pipeline_src.data.synthetic.motion import render_sequence
 from pipeline_src.data.synthetic.noise import NoiseLevel, add_noise
-from pipeline_src.data.synthetic.params import (Camera, NoiseParams, SplitSize, SynthConfigError, load_preset)
+from pipeline_src.data.synthetic.params import Camera, NoiseParams, SplitSize, SynthConfigError, load_preset
 from pipeline_src.data.synthetic.scene import Layer, Scene
 from pipeline_src.data.synthetic.seeding import item_rng
 from pipeline_src.data.synthetic.srgb import encode, linear_to_srgb, srgb_to_linear

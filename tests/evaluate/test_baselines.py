@@ -8,8 +8,7 @@ import pytest
 from scipy import ndimage
 from skimage import data
 
-from pipeline_src.evaluate.baselines import (disc_kernel, estimate_disc_radius, richardson_lucy, run_baseline,
-                                             wiener)
+from pipeline_src.evaluate.baselines import disc_kernel, estimate_disc_radius, richardson_lucy, run_baseline, wiener
 from pipeline_src.evaluate.metrics import psnr
 from pipeline_src.evaluate.protocols import load_protocols
 

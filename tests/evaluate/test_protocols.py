@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from pipeline_src.config import load_yaml
-from pipeline_src.evaluate.protocols import (ProtocolError, convert_bit_depth, load_protocols, quantize)
+from pipeline_src.evaluate.protocols import ProtocolError, convert_bit_depth, load_protocols, quantize
 
 REPO = Path(__file__).resolve().parents[2]
 PROTOCOLS = REPO / "config" / "protocols.yaml"
@@ -22,7 +22,7 @@ def book():
 def test_shipped_protocols_cover_every_recipe(book):
     named = {load_yaml(p)["protocol"] for p in (REPO / "config" / "models").glob("*.yaml")}
     assert named <= set(book.names())
-    assert {"dpdd_single_8bit", "dpdd_dual_16bit", "gopro_8bit", "dbd_cuhk"} <= set(book.names())
+    assert {"dpdd_single_8bit", "dpdd_dual_8bit", "dpdd_dual_16bit", "gopro_8bit", "dbd_cuhk"} <= set(book.names())
 
 
 def test_shipped_protocol_facts(book):
@@ -36,6 +36,30 @@ def test_shipped_protocol_facts(book):
         assert p.data_range == 1.0 and p.colour_order == "RGB" and p.border_crop == 0
         assert p.ssim == {"window": 7, "gaussian": False, "covariance": "sample"}
     assert single.record()["metrics"] == ["psnr", "ssim", "mae", "lpips"]
+
+
+def test_kpac_dual_is_scored_at_8_bits_as_its_eval_script_reads_images(book):
+    """main_eval_dual.py reads C, L and R at 8 bits and writes rounded 8-bit PNGs: KPAC-dual's row and its
+    published Table 9 figures both follow dpdd_dual_8bit; the 16-bit protocol stays for DPDNet / ATTSF."""
+    dual8, single8, dual16 = book.get("dpdd_dual_8bit"), book.get("dpdd_single_8bit"), book.get("dpdd_dual_16bit")
+    assert (dual8.bit_depth, dual8.quantize, dual8.quantize_bits, dual8.clip) == (8, "round", 8, (0.0, 1.0))
+    assert "round(x / 257)" in dual8.conversion_from(16)
+    img16 = np.array([[0, 128, 129, 32896, 65535]], np.uint16)
+    np.testing.assert_array_equal(dual8.read(img16), [[0, 0, 1, 128, 255]])
+    out = np.array([0.3 / 255, 0.6 / 255, 1.2], np.float32)
+    np.testing.assert_allclose(dual8.finish(out) * 255, [0, 1, 255], atol=1e-4)
+    # the same scoring as the single-image 8-bit protocol, apart from the description and notes
+    same = ("task", "bit_depth", "data_range", "activation", "clip", "quantize", "quantize_bits", "border_crop",
+            "ssim", "metrics", "splits", "baselines", "tiling")
+    assert {k: getattr(dual8, k) for k in same} == {k: getattr(single8, k) for k in same}
+    assert dual16.bit_depth == 16 and dual16.quantize == "none"
+    recipe = load_yaml(REPO / "config" / "models" / "kpac_dual.yaml")
+    assert recipe["protocol"] == "dpdd_dual_8bit"
+    assert load_yaml(REPO / "config" / "models" / "attsf.yaml")["protocol"] == "dpdd_dual_16bit"
+    published = load_yaml(REPO / "config" / "published.yaml")
+    (entry,) = [e for e in published["entries"] if e["recipe"] == "kpac_dual"]
+    assert entry["protocol"] == "dpdd_dual_8bit" and entry["source"].startswith("Table 9")
+    assert [r["psnr"] for r in entry["rows"] if r["kind"] == "model"] == [25.86]
 
 
 def test_16_to_8_bit_is_round_x_over_257():
@@ -124,7 +148,8 @@ def test_bad_protocol_fields_are_named(tmp_path, mutate, match):
 
 
 def test_unknown_protocol_name_lists_the_known_ones(book):
-    with pytest.raises(ProtocolError, match=r"no protocol 'dpdd_8bit'; known: dbd_cuhk, dpdd_dual_16bit"):
+    known = r"known: dbd_cuhk, dpdd_dual_16bit, dpdd_dual_8bit"
+    with pytest.raises(ProtocolError, match=r"no protocol 'dpdd_8bit'; " + known):
         book.get("dpdd_8bit")
 
 

@@ -2,6 +2,7 @@
 for the forward/gradient/ONNX checks so the file stays fast on a shared 2-core CPU."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -124,47 +125,86 @@ def test_grid_average_pool_equals_adaptive_average_pool():
 
 def _nonlocal_pair():
     torch.manual_seed(0)
-    paper = GlobalNonLocal(4, 3, mode="paper")
-    for w in paper.parameters():  # unit-scale weights, so that the softmax is far from uniform
-        torch.nn.init.normal_(w)
     code = GlobalNonLocal(4, 3, mode="code")
-    code.load_state_dict(paper.state_dict())
-    return paper, code
+    for w in code.parameters():  # unit-scale weights, so that the softmax is far from uniform
+        torch.nn.init.normal_(w)
+    transposed = GlobalNonLocal(4, 3, mode="transposed")
+    transposed.load_state_dict(code.state_dict())
+    return code, transposed
 
 
-def test_nonlocal_paper_mode_is_positions_by_positions_affinity():
-    paper, _ = _nonlocal_pair()
+def keras_global_non_local(x_nhwc: np.ndarray, conv1x1) -> np.ndarray:
+    """tuvovan/ATTSF model.py global_non_local, read line by line on NHWC numpy arrays (batch 1):
+    theta, phi, g = relu(1x1 conv) -> Reshape((h*w, c)), Reshape((c, h*w)), Reshape((h*w, c)) (Keras Reshape is a
+    row-major reshape of the per-sample tensor); softmax(theta @ phi) over the last axis; @ g; Reshape((h, w, c));
+    relu(1x1 conv) to the input's width; + input."""
+    h, w = x_nhwc.shape[1], x_nhwc.shape[2]
+    relu = lambda a: np.maximum(a, 0.0)  # noqa: E731
+    theta, phi, g = (relu(conv1x1(name, x_nhwc)) for name in ("theta", "phi", "g"))
+    c = theta.shape[-1]
+    theta_rsh, phi_rsh, g_rsh = theta.reshape(h * w, c), phi.reshape(c, h * w), g.reshape(h * w, c)
+    logits = theta_rsh @ phi_rsh
+    soft = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    soft /= soft.sum(axis=-1, keepdims=True)
+    y = (soft @ g_rsh).reshape(1, h, w, c)
+    return relu(conv1x1("project", y)) + x_nhwc
+
+
+def test_default_nonlocal_block_computes_what_the_released_keras_code_computes():
+    code, _ = _nonlocal_pair()
+    assert GlobalNonLocal(4, 3).mode == "code"
+    pooled = torch.rand(1, 4, 7, 7)
+
+    def conv1x1(name, a_nhwc):
+        layer = getattr(code, name)[0]
+        weight = layer.weight.detach().double().numpy()[:, :, 0, 0]   # out x in
+        return a_nhwc @ weight.T + layer.bias.detach().double().numpy()
+
+    want = keras_global_non_local(pooled.permute(0, 2, 3, 1).double().numpy(), conv1x1)
+    # the module's input: a 14 x 14 map whose 7 x 7 average pool is `pooled` exactly (2 x 2 equal values)
+    x = pooled.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)
+    with torch.no_grad():
+        got = code(x)
+        # after the block: the code's adaptive_interpolation, nearest x2 then a 3x3 conv + ReLU (the module's own)
+        want_up = F.interpolate(torch.from_numpy(want).permute(0, 3, 1, 2).float(), scale_factor=2, mode="nearest")
+        expected = code.refine(want_up)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_transposed_mode_is_positions_by_positions_affinity():
+    _, transposed = _nonlocal_pair()
     theta, phi = torch.rand(1, 3, 7, 7), torch.rand(1, 3, 7, 7)
     expected = torch.softmax(torch.einsum("ncp,ncq->npq", theta.flatten(2), phi.flatten(2)), dim=-1)
-    assert torch.allclose(paper.affinity(theta, phi), expected, atol=1e-6)
+    assert torch.allclose(transposed.affinity(theta, phi), expected, atol=1e-6)
 
 
-def test_nonlocal_code_mode_reshapes_nhwc_memory_without_transpose():
-    _, code = _nonlocal_pair()
+def test_code_mode_reshapes_nhwc_memory_without_transpose():
+    code, _ = _nonlocal_pair()
     theta, phi = torch.rand(1, 3, 7, 7), torch.rand(1, 3, 7, 7)
     phi_keras = phi.permute(0, 2, 3, 1).numpy().reshape(1, 3, 49)  # Keras Reshape((256, h*w)) on NHWC
     expected = torch.softmax(theta.flatten(2).transpose(1, 2) @ torch.from_numpy(phi_keras), dim=-1)
     assert torch.allclose(code.affinity(theta, phi), expected, atol=1e-6)
 
 
-def test_nonlocal_code_mode_differs_from_paper_on_asymmetric_input():
-    paper, code = _nonlocal_pair()
+def test_code_mode_is_the_default_and_differs_from_transposed():
+    code, transposed = _nonlocal_pair()
     x = torch.rand(1, 4, 14, 21)
     with torch.no_grad():
-        assert (paper(x) - code(x)).abs().max() > 1e-2
+        assert (code(x) - transposed(x)).abs().max() > 1e-2
     torch.manual_seed(0)
-    model_paper = small().eval()
-    model_code = small(nonlocal_mode="code").eval()
-    model_code.load_state_dict(model_paper.state_dict())
+    model_default = small().eval()
+    assert model_default.global_nonlocal.mode == "code"
+    model_transposed = small(nonlocal_mode="transposed").eval()
+    model_transposed.load_state_dict(model_default.state_dict())
     x = torch.rand(1, 6, 56, 56)
     with torch.no_grad():
-        assert not torch.allclose(model_paper(x), model_code(x))
+        assert not torch.allclose(model_default(x), model_transposed(x))
 
 
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(nonlocal_mode="transpose"), "nonlocal_mode='transpose'; accepted: paper, code"),
+        (dict(nonlocal_mode="paper"), "nonlocal_mode='paper'; accepted: code, transposed"),
         (dict(filters=4), "filters=4"),
         (dict(triple_pass_filter=4), "triple_pass_filter=4"),
     ],

@@ -29,9 +29,11 @@ def defocus_data(tmp_path_factory):
 
 
 def write_recipe(path: Path, iterations: int, ckpt_every: int, phases: int = 1, **phase_overrides) -> Path:
-    """A small KPAC recipe (2-level, 32-px crops) for tests that need more steps than the smoke preset."""
+    """A small KPAC recipe (2-level, 32-px crops of whole images, as KPAC's paper samples them) for tests that
+    need more steps than the smoke preset; `sampling="windows"` etc. through phase_overrides."""
     phase = {"name": "mae", "loss": {"l1": 1.0}, "optimizer": {"name": "adam", "lr": 1e-4, "betas": [0.9, 0.99]},
-             "schedule": {"name": "constant"}, "batch_size": 2, "crop": 32, "length": {"iterations": iterations},
+             "schedule": {"name": "constant"}, "batch_size": 2, "sampling": "whole_images", "crop": 32,
+             "length": {"iterations": iterations},
              "init": "scratch", "val_every": ckpt_every, "ckpt_every": ckpt_every, "log_every": 1,
              "val_samples": 2, "num_workers": 0, **phase_overrides}
     recipe = {"paper": "kpac", "model": {"name": "kpac", "args": {"levels": 2}}, "protocol": "dpdd_single_8bit",

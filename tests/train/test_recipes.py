@@ -1,5 +1,6 @@
-"""The ATTSF, ADNet, MultiANet and BiANet recipes: valid for every preset and option, the papers' numbers, and one
-smoke run of each through the real CLI on tiny synthetic data made by the real stages.
+"""The recipes: valid for every preset and option, the papers' (or the authors' code's) numbers with each choice's
+source, how each samples its crops (and that the crops fit the paper preset's data), and one smoke run of ATTSF,
+ADNet, MultiANet and BiANet through the real CLI on tiny synthetic data made by the real stages.
 
 ATTSF (90.8 M parameters) runs from a test-local copy of its recipe with reduced widths: at full width one smoke
 phase takes 30-40 s on this 2-core machine and writes a 1.1 GB last.pt, over this file's time budget. Its phases,
@@ -7,7 +8,6 @@ presets and options are the recipe's own; only the model's widths differ.
 """
 import inspect
 import json
-import os
 from pathlib import Path
 
 import jsonschema
@@ -16,6 +16,8 @@ import torch
 import yaml
 
 from pipeline_src.config import PRESETS, load_recipe, load_yaml
+from pipeline_src.data.augment import Augment
+from pipeline_src.data.patches import load_settings
 from pipeline_src.data.registry import load_registry
 from pipeline_src.losses import LOSSES, build_loss
 from pipeline_src.model_io import load_model
@@ -31,6 +33,9 @@ from .conftest import ROOT, cli
 
 RECIPES = ("attsf", "adnet", "multianet", "bianet")
 MODEL_CLASSES = {"attsf": ATTSF, "adnet": ADNet, "multianet": MultiANet, "bianet": BiANet}
+# the dataset kind each recipe trains on: (synthetic kind in config/presets.yaml, the real dataset's layout)
+DATA_OF = {"kpac": ("defocus", "dpdd"), "kpac_dual": ("defocus", "dpdd"), "attsf": ("defocus", "dpdd"),
+           "adnet": ("motion", "gopro"), "bianet": ("motion", "gopro"), "multianet": ("detection", "cuhk")}
 # Every CLI child runs single-threaded and untracked: the machine has 2 cores shared with other test runs.
 CHILD_ENV = {"PIPELINE_TRACKING": "0", "OMP_NUM_THREADS": "1"}
 ATTSF_TEST_WIDTHS = {"filters": 8, "triple_pass_filter": 16, "nonlocal_filter": 8}
@@ -49,9 +54,13 @@ def phase_validator() -> jsonschema.Draft202012Validator:
     return jsonschema.Draft202012Validator({**schema["$defs"]["phase"], "$defs": schema["$defs"]})
 
 
-def patch_sizes() -> dict:
-    presets = load_yaml(ROOT / "config" / "presets.yaml")
-    return {p: presets[p]["patches"]["size"] for p in PRESETS}
+def crop_limit(name: str, preset: str, sampling: str) -> int:
+    """The largest crop the preset's data allows this recipe: the window size of its dataset's layout
+    (`windows`) or the short side of its images (`whole_images`; the synthetic set at the real one's size)."""
+    kind, layout = DATA_OF[name]
+    if sampling == "windows":
+        return load_settings(ROOT / "config" / "presets.yaml", preset, layout).size
+    return min(load_yaml(ROOT / "config" / "presets.yaml")[preset]["synthesize"][kind]["size"])
 
 
 def ms_ssim_problem(phase: dict) -> str | None:
@@ -75,7 +84,6 @@ def test_every_preset_and_option_resolves_to_runnable_phases(name):
     validator = phase_validator()
     protocols = load_yaml(ROOT / "config" / "protocols.yaml")["protocols"]
     registry = load_registry(ROOT / "config" / "datasets.yaml")
-    sizes = patch_sizes()
     param = [torch.nn.Parameter(torch.zeros(1))]
     for preset in PRESETS:
         for option in option_names(name):
@@ -91,7 +99,10 @@ def test_every_preset_and_option_resolves_to_runnable_phases(name):
                 errors = [e.message for e in validator.iter_errors(phase)]
                 assert not errors, f"{where} phase {i + 1}: {errors}"
                 assert (i == 0) == (phase["init"] == "scratch"), where
-                assert phase["crop"] <= sizes[preset], f"{where}: crop {phase['crop']} > patch size {sizes[preset]}"
+                limit = crop_limit(name, preset, phase["sampling"])
+                assert phase["crop"] <= limit, f"{where}: crop {phase['crop']} > {limit} ({phase['sampling']})"
+                augment = Augment.from_recipe(phase.get("augment"), where)
+                assert not augment.resamples or phase["sampling"] == "whole_images", where
                 build_loss(phase["loss"])
                 build_optimizer(phase["optimizer"], param)
                 factor = build_schedule(phase["schedule"], total_steps=100, steps_per_epoch=10)
@@ -105,14 +116,14 @@ def test_released_attsf_loss_needs_the_paper_crops():
         for phase in load_recipe(recipe_path("attsf"), preset, "released_code")["phases"]:
             problem = ms_ssim_problem(phase)
             assert problem is not None and "MS-SSIM" in problem and "161x161" in problem
-    for option in (None, "eq1_both_phases"):  # the paper's losses have no such limit
+    for option in (None, "eq1_every_phase", "sgd_momentum", "metric_ssim_loss"):  # the paper's losses: no such limit
         for preset in PRESETS:
             assert all(ms_ssim_problem(p) is None for p in load_recipe(recipe_path("attsf"), preset, option)["phases"])
 
 
 def test_presets_change_only_sizes_and_lengths():
     """A preset of a recipe is that recipe with other sizes: losses, optimisers, schedules and inits are equal."""
-    kept = ("name", "loss", "optimizer", "schedule", "augment", "init")
+    kept = ("name", "loss", "optimizer", "schedule", "sampling", "bit_depth", "augment", "init")
     for name in RECIPES:
         for option in option_names(name):
             paper = load_recipe(recipe_path(name), "paper", option)
@@ -140,34 +151,79 @@ def test_a_preset_that_changes_the_recipe_is_refused(tmp_path):
 def test_attsf_paper_recipe():
     r = load_recipe(recipe_path("attsf"), "paper")
     assert r["model"] == {"name": "attsf", "args": {}} and r["protocol"] == "dpdd_dual_16bit"
-    adam, sgd = r["phases"]
+    assert ATTSF(filters=8, triple_pass_filter=16, nonlocal_filter=8).global_nonlocal.mode == "code"  # model.py's
+    adam, sgd, finetune = r["phases"]
     assert adam["optimizer"] == {"name": "adam", "lr": 1e-4, "betas": [0.9, 0.999], "eps": 1e-7}
     assert adam["batch_size"] == 4 and adam["length"] == {"epochs": 200} and adam["init"] == "scratch"
-    assert adam["loss"] == {"mse": 100.0, "ssim": 5.0}  # the code's loss_function ("loss function 1")
-    assert sgd["optimizer"] == {"name": "sgd", "lr": 5e-5}
-    # momentum is not in the paper; the builder's SGD default applies (see the recipe's comment)
-    assert build_optimizer(sgd["optimizer"], [torch.nn.Parameter(torch.zeros(1))]).defaults["momentum"] == 0.9
+    assert adam["loss"] == {"mse": 100.0, "tf_ssim": 5.0}  # the code's loss_function ("loss function 1")
+    # SGD without momentum: neither paper nor code sets one, Keras' SGD default is 0.0, written out
+    assert sgd["optimizer"] == {"name": "sgd", "lr": 5e-5, "momentum": 0.0}
+    assert build_optimizer(sgd["optimizer"], [torch.nn.Parameter(torch.zeros(1))]).defaults["momentum"] == 0.0
     assert sgd["batch_size"] == 2 and sgd["length"] == {"epochs": 100} and sgd["init"] == "previous"
-    assert sgd["loss"] == {"ssim": 1.0, "l1": 0.5}  # Eq. 1, alpha = 1, beta = 0.5
-    for phase in (adam, sgd):
+    assert sgd["loss"] == {"tf_ssim": 1.0, "l1": 0.5}  # Eq. 1, alpha = 1, beta = 0.5, SSIM as tf.image.ssim
+    # the paper's "finetuning the network again with the loss function 1", from phase 2's weights
+    assert finetune["loss"] == adam["loss"] and finetune["init"] == "previous"
+    assert {k: finetune[k] for k in ("optimizer", "batch_size", "length", "schedule")} == \
+           {k: sgd[k] for k in ("optimizer", "batch_size", "length", "schedule")}   # ours: as phase 2
+    for phase in (adam, sgd, finetune):
         assert phase["schedule"] == {"name": "step", "every_epochs": 20, "gamma": 0.5}
-        assert phase["crop"] == 560 and phase["augment"] == {"hflip": True, "vflip": True, "rot90": True}
+        assert phase["sampling"] == "windows" and phase["crop"] == 560 and "bit_depth" not in phase
+        assert phase["augment"] == {"hflip": True, "vflip": True, "rot90": True}
+    # DPDNet's 560 / 140 windows with the 30 % discard at the paper preset
+    windows = load_settings(ROOT / "config" / "presets.yaml", "paper", "dpdd")
+    assert (windows.size, windows.stride, windows.discard_fraction) == (560, 140, 0.3)
     # halving every 20 epochs, in steps of the phase
     factor = build_schedule(sgd["schedule"], total_steps=100 * 50, steps_per_epoch=50)
     assert [factor(e * 50) for e in (0, 19, 20, 39, 40, 99)] == [1.0, 1.0, 0.5, 0.5, 0.25, 0.0625]
 
 
+def test_attsf_config_runs_all_three_phases_in_the_dag():
+    table = load_yaml(ROOT / "config" / "attsf.yaml")
+    phases = sorted(job["phase"] for job in table["train"].values())
+    assert phases == [1, 2, 3] and table["train"]["attsf-synth-defocus-p3"]["after"] == \
+        "data/runs/attsf/synth-defocus/phase2/final.pt"
+    assert table["evaluate"]["attsf-synth-defocus"]["phase"] == table["export"]["attsf-synth-defocus"]["phase"] == 3
+
+
 def test_attsf_options():
+    param = [torch.nn.Parameter(torch.zeros(1))]
     code = load_recipe(recipe_path("attsf"), "paper", "released_code")
-    assert code["model"]["args"] == {"nonlocal_mode": "code"}
+    assert code["model"]["args"] == {}  # the code's non-local block is the model's default
     for phase in code["phases"]:
         assert {k: w for k, w in phase["loss"].items() if w} == {"l1": 5.0, "ms_ssim": 1.0}
-        assert phase["optimizer"] == {"name": "adam", "lr": 1e-5, "betas": [0.9, 0.999], "eps": 1e-7}
+        spec = {k: v for k, v in phase["optimizer"].items() if v is not None}   # null = removed by the option
+        assert spec == {"name": "adam", "lr": 1e-5, "betas": [0.9, 0.999], "eps": 1e-7}
+        assert isinstance(build_optimizer(phase["optimizer"], param), torch.optim.Adam)
         factor = build_schedule(phase["schedule"], total_steps=300 * 50, steps_per_epoch=50)
         assert {factor(s) for s in range(0, 300 * 50, 500)} == {1.0} and phase["batch_size"] == 4  # constant lr
     assert sum(p["length"]["epochs"] for p in code["phases"]) == 300  # nb_epoch
-    eq1 = load_recipe(recipe_path("attsf"), "paper", "eq1_both_phases")
-    assert [{k: w for k, w in p["loss"].items() if w} for p in eq1["phases"]] == [{"ssim": 1.0, "l1": 0.5}] * 2
+    eq1 = load_recipe(recipe_path("attsf"), "paper", "eq1_every_phase")
+    assert [{k: w for k, w in p["loss"].items() if w} for p in eq1["phases"]] == [{"tf_ssim": 1.0, "l1": 0.5}] * 3
+    momentum = load_recipe(recipe_path("attsf"), "paper", "sgd_momentum")
+    assert [build_optimizer(p["optimizer"], param).defaults.get("momentum") for p in momentum["phases"]] == \
+        [None, 0.9, 0.9]   # Adam has none
+    metric = load_recipe(recipe_path("attsf"), "paper", "metric_ssim_loss")
+    assert [{k: w for k, w in p["loss"].items() if w} for p in metric["phases"]] == \
+        [{"mse": 100.0, "ssim": 5.0}, {"ssim": 1.0, "l1": 0.5}, {"mse": 100.0, "ssim": 5.0}]
+    transposed = load_recipe(recipe_path("attsf"), "paper", "nonlocal_transposed")
+    assert transposed["model"]["args"] == {"nonlocal_mode": "transposed"}
+    assert transposed["phases"] == load_recipe(recipe_path("attsf"), "paper")["phases"]
+
+
+@pytest.mark.parametrize("name", ["kpac", "kpac_dual"])
+def test_kpac_recipes_crop_whole_images_at_8_bits(name):
+    r = load_recipe(recipe_path(name), "paper")
+    assert r["protocol"] == {"kpac": "dpdd_single_8bit", "kpac_dual": "dpdd_dual_8bit"}[name]
+    for phase in r["phases"]:
+        # paper Sec. 5: random 512 crops of each image, DPDD converted to 8 bits, no other augmentation
+        assert phase["sampling"] == "whole_images" and phase["crop"] == 512 and phase["bit_depth"] == 8
+        assert "augment" not in phase
+    assert [p["augment"] for p in load_recipe(recipe_path(name), "paper", "hflip")["phases"]] == [{"hflip": True}] * 2
+    code = load_recipe(recipe_path(name), "paper", "released_code")
+    assert [(p["batch_size"], p["optimizer"]["betas"]) for p in code["phases"]] == [(8, [0.9, 0.999])] * 2
+    for preset in PRESETS:   # the crops fit the preset's images
+        for phase in load_recipe(recipe_path(name), preset)["phases"]:
+            assert phase["crop"] <= crop_limit(name, preset, phase["sampling"])
 
 
 def test_adnet_paper_recipe():
@@ -179,6 +235,7 @@ def test_adnet_paper_recipe():
     assert phase["schedule"] == {"name": "poly", "power": 0.3, "end_factor": 0.0}
     assert phase["length"] == {"iterations": 4000 * (2103 // 16)} == {"iterations": 524000}
     assert phase["batch_size"] == 16 and phase["crop"] == 256
+    assert phase["sampling"] == "whole_images"  # the code's tf.random_crop of whole frames, no discard
     assert phase["augment"] == {"hflip": True, "vflip": True}
     factor = build_schedule(phase["schedule"], total_steps=524000, steps_per_epoch=131)
     assert factor(262000) == pytest.approx(0.5 ** 0.3) and factor(524000) == 0.0
@@ -197,6 +254,12 @@ def test_multianet_paper_recipe_and_backbone_weights():
     # not published: DBD practice (BR2Net poly 0.9; D-DFFNet's 75 epochs of 604 images at batch 6)
     assert phase["schedule"] == {"name": "poly", "power": 0.9, "end_factor": 0.0}
     assert phase["length"] == {"iterations": 75 * (604 // 6)}
+    # "randomly flipping, cropping, resizing and rotating" the origin images; the ranges are ours
+    assert phase["sampling"] == "whole_images" and phase["crop"] == 256
+    assert phase["augment"] == {"hflip": True, "scale": [0.75, 1.25], "rotate_degrees": 10.0}
+    assert Augment.from_recipe(phase["augment"]).resamples
+    # CUHK-sized images (427 x 640) hold the crop even at the smallest scale
+    assert 256 <= 0.75 * crop_limit("multianet", "paper", "whole_images")
 
 
 def test_bianet_recipe_and_loss_option():
@@ -205,7 +268,7 @@ def test_bianet_recipe_and_loss_option():
     (phase,) = r["phases"]
     assert phase["loss"] == {"l1": 1.0} and phase["crop"] == 256
     adnet = load_recipe(recipe_path("adnet"), "paper")["phases"][0]
-    same = ("optimizer", "schedule", "batch_size", "crop", "augment", "length")
+    same = ("optimizer", "schedule", "batch_size", "sampling", "crop", "augment", "length")
     assert {k: phase[k] for k in same} == {k: adnet[k] for k in same}  # ADNet's GoPro schedule, by choice
     mse = load_recipe(recipe_path("bianet"), "paper", "mse")["phases"][0]
     assert {k: w for k, w in mse["loss"].items() if w} == {"mse": 1.0}
@@ -273,17 +336,17 @@ def test_multianet_smoke_phase(detection_data, tmp_path):
     assert set(summary["validation"]) == {"val/psnr"}  # detection: sigmoid map against the mask
 
 
-def test_attsf_two_smoke_phases_at_reduced_width(defocus_data, tmp_path):
+def test_attsf_three_smoke_phases_at_reduced_width(defocus_data, tmp_path):
     raw = load_yaml(recipe_path("attsf"))
     raw["model"]["args"] = dict(ATTSF_TEST_WIDTHS)
     copy = tmp_path / "attsf.yaml"
     copy.write_text(yaml.safe_dump(raw, sort_keys=False))
     recipe = load_recipe(copy, "smoke")
     runs = tmp_path / "runs"
-    p1 = train(defocus_data, copy, runs / "phase1", 1)
-    p2 = train(defocus_data, copy, runs / "phase2", 2)
-    n = train_patch_count(defocus_data["patches"])
-    for i, summary in enumerate((p1, p2)):  # one epoch each: the recipe's smoke length
+    summaries = [train(defocus_data, copy, runs / f"phase{k}", k) for k in (1, 2, 3)]
+    n = train_patch_count(defocus_data["patches"])   # `sampling: windows`: an epoch is a pass over the windows
+    for i, summary in enumerate(summaries):  # one epoch each: the recipe's smoke length
         steps = batches_per_epoch(n, recipe["phases"][i]["batch_size"])
         check_run(summary, runs / f"phase{i + 1}", recipe, i + 1, steps=steps)
-    assert p2["init"]["mode"] == "previous" and p2["init"]["state_digest"] == p1["final_state_digest"]
+    for before, after in zip(summaries, summaries[1:]):
+        assert after["init"]["mode"] == "previous" and after["init"]["state_digest"] == before["final_state_digest"]

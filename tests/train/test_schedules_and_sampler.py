@@ -1,6 +1,4 @@
-import math
 
-import numpy as np
 import pytest
 
 from pipeline_src.train.sampler import batches_per_epoch, epoch_batches
@@ -56,3 +54,54 @@ def test_ranks_split_one_permutation_without_overlap():
 def test_too_few_patches_for_a_batch_is_an_error_that_says_what_to_change():
     with pytest.raises(ValueError, match="batch_size"):
         batches_per_epoch(3, 4)
+
+
+@pytest.mark.parametrize("sampling, augment", [
+    ("windows", {"hflip": True, "vflip": True, "rot90": True}),          # ATTSF
+    ("whole_images", {}),                                                  # KPAC
+    ("whole_images", {"hflip": True, "scale": [0.75, 1.25], "rotate_degrees": 10.0}),   # MultiANet
+])
+def test_batches_resumed_mid_run_equal_the_uninterrupted_ones(defocus_data, sampling, augment):
+    """What the runner feeds (its sampler, set_epoch and loader) is a pure function of (seed, epoch, index): a
+    fresh training set started at (epoch 1, batch 1), in worker processes, gives the same tensors."""
+    import torch
+
+    from pipeline_src.models import build_model
+    from pipeline_src.train import batches as batch_io
+
+    torch.set_num_threads(1)
+    model = build_model("kpac", levels=2)
+    phase = {"name": "t", "sampling": sampling, "crop": 24, "augment": augment, "batch_size": 2}
+
+    def run(start_epoch: int, start_batch: int, workers: int) -> list:
+        data = batch_io.training_set(defocus_data["patches"], phase, model, seed=11)
+        out = []
+        for epoch in range(start_epoch, 3):
+            data.set_epoch(epoch)
+            order = [b for _, b in epoch_batches(len(data), 2, 11, epoch, start_batch if epoch == start_epoch else 0)]
+            out += [torch.cat([batch["c"], batch["target"]], 1) for batch in batch_io.loader(data, order, workers)]
+        return out
+
+    straight = run(0, 0, 0)
+    per_epoch = batches_per_epoch(len(batch_io.training_set(defocus_data["patches"], phase, model, seed=11)), 2)
+    resumed = run(1, 1, 2)
+    assert len(resumed) == len(straight) - per_epoch - 1
+    for a, b in zip(straight[per_epoch + 1:], resumed):
+        assert torch.equal(a, b)
+    assert not torch.equal(straight[0], straight[per_epoch])   # epochs differ
+
+
+def test_validation_windows_can_be_read_at_the_phase_bit_depth(defocus_data):
+    import torch
+
+    from pipeline_src.models import build_model
+    from pipeline_src.train import batches as batch_io
+
+    model = build_model("kpac", levels=2)
+    full = batch_io.validation_batches(defocus_data["patches"], model, 2)
+    eight = batch_io.validation_batches(defocus_data["patches"], model, 2, bit_depth=8)
+    assert len(full) == len(eight) == 2
+    for a, b in zip(full, eight):
+        assert a["c"].shape == b["c"].shape and not torch.equal(a["c"], b["c"])
+        # 8-bit levels: round(65535 x / 257) / 255
+        torch.testing.assert_close(b["c"], torch.round(a["c"] * 65535 / 257) / 255, rtol=0, atol=1e-6)

@@ -7,7 +7,6 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import pytest
 import torch
 
 from pipeline_src.fileio import sha256_file
