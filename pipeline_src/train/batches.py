@@ -107,27 +107,34 @@ def pretrained_flags(loss_fn) -> dict[str, bool]:
 
 @torch.no_grad()
 def validate(model, batches, device) -> dict[str, float]:
-    """Mean PSNR of the model's output and of the blurry input against the target, on whole val patches."""
+    """The task's own figures on the whole val patches: PSNR of the output and of the blurry input against the
+    target (restoration), or the evaluation's F-measures and MAE of the in-focus probability (detection)."""
     from pipeline_src.evaluate.metrics import psnr_torch
 
     was_training = model.training
     model.eval()
+    if getattr(model, "task", "restoration") == "detection":
+        from pipeline_src.evaluate.detection_metrics import DetectionAccumulator
+
+        acc = DetectionAccumulator()
+        for i, b in enumerate(batches):
+            inputs, target = to_device(b, model, device)
+            prob = torch.sigmoid(model(inputs).float())[0, 0].cpu().numpy()
+            acc.update(str(i), prob, target[0, 0].cpu().numpy() > 0.5)
+        model.train(was_training)
+        results = acc.results()
+        return {f"val/{k}": float(results[k]) for k in ("max_f", "f_at_0_5", "mae")}
     out_psnr, in_psnr = [], []
     for b in batches:
         inputs, target = to_device(b, model, device)
         pred = model(inputs).float()
-        if getattr(model, "task", "restoration") == "detection":
-            pred = torch.sigmoid(pred)
-            out_psnr.append(float(psnr_torch(pred.clamp(0, 1), target).mean()))
-            continue
         out_psnr.append(float(psnr_torch(pred.clamp(0, 1), target).mean()))
         blurry = b["c" if "c" in model.input_views else model.input_views[0]].to(device)
         in_psnr.append(float(psnr_torch(blurry, target).mean()))
     model.train(was_training)
     metrics = {"val/psnr": float(np.mean(out_psnr))}
-    if in_psnr:
-        metrics["val/psnr_input"] = float(np.mean(in_psnr))
-        metrics["val/psnr_gain"] = metrics["val/psnr"] - metrics["val/psnr_input"]
+    metrics["val/psnr_input"] = float(np.mean(in_psnr))
+    metrics["val/psnr_gain"] = metrics["val/psnr"] - metrics["val/psnr_input"]
     return metrics
 
 

@@ -260,7 +260,8 @@ def _run_phase(job: PhaseJob, dist: DistInfo) -> dict[str, Any]:
 
     # --- data
     train_set = batch_io.training_set(job.patches, phase, model, seed=job.seed)
-    val_batches = batch_io.validation_batches(job.patches, model, phase.get("val_samples", 8))
+    val_batches = batch_io.validation_batches(job.patches, model, phase.get("val_samples", 8),
+                                              bit_depth=phase.get("bit_depth"))
     steps_per_epoch = batches_per_epoch(len(train_set), phase["batch_size"], dist.world_size)
     total_steps = phase["length"].get("iterations") or phase["length"]["epochs"] * steps_per_epoch
 
