@@ -69,7 +69,8 @@ def validate_schema(data: Any, schema: str | os.PathLike | dict, what: str) -> N
     errors = sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
     if errors:
         lines = [f"{what}: {'.'.join(map(str, e.absolute_path)) or '(top)'}: {e.message}" for e in errors[:10]]
-        raise ConfigError("invalid configuration\n  " + "\n  ".join(lines))
+        more = f" (and {len(errors) - 10} more)" if len(errors) > 10 else ""
+        raise ConfigError("\n".join(lines) + more)  # the CLI joins the lines with "; "
 
 
 def load_pipeline_config(path: str | os.PathLike = "config/config.yaml", overrides: dict | None = None) -> dict:
@@ -96,8 +97,14 @@ def run_dir(recipe: str, dataset: str, phase: int) -> str:
 
 
 def load_presets(root: str | os.PathLike | None = None) -> dict:
-    root = project_root(root)
-    return load_yaml(root / "config" / "presets.yaml")
+    return load_presets_file(project_root(root) / "config" / "presets.yaml")
+
+
+def load_presets_file(path: str | os.PathLike) -> dict:
+    """config/presets.yaml (or another presets file), validated by workflow/schemas/presets.schema.yaml."""
+    presets = load_yaml(path)
+    validate_schema(presets, SCHEMAS / "presets.schema.yaml", str(path))
+    return presets
 
 
 def preset_section(preset: str, section: str, root: str | os.PathLike | None = None) -> dict:

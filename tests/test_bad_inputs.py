@@ -195,7 +195,7 @@ def patch_size_not_an_integer(w, t):
     (t / "presets.yaml").write_text((ROOT / "config/presets.yaml").read_text().replace(
         "patches: {size: 48, stride: 24", "patches: {size: \"48\", stride: 24"))
     return ["patches", "--manifest", str(w.manifest), "--out", str(t / "p"), "--preset", "smoke", "--presets",
-            str(t / "presets.yaml")], r"presets\.yaml: smoke\.patches\.size = '48'; expected a positive integer", [t / "p"]
+            str(t / "presets.yaml")], r"presets\.yaml: smoke\.patches\.size: '48' is not of type 'integer'", [t / "p"]
 
 
 def preset_batch_size_zero(w, t):

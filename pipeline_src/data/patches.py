@@ -119,9 +119,9 @@ def run(args: argparse.Namespace) -> int:
 
 def load_settings(presets_path: str | Path, preset: str, layout: str | None = None) -> PatchSettings:
     """The preset's patch settings, with its `by_layout[layout]` entry (if any) replacing what it names."""
-    import yaml
+    from pipeline_src.config import load_presets_file
 
-    presets = yaml.safe_load(Path(presets_path).read_text()) or {}
+    presets = load_presets_file(presets_path)  # schema-checked: types and bounds name their field
     if preset not in presets:
         raise ConfigError(f"{presets_path}: no preset {preset!r}; known: {', '.join(presets)}")
     section = dict((presets[preset] or {}).get("patches") or {})

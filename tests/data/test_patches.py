@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from pipeline_src.cli import main
 from pipeline_src.config import ConfigError
@@ -79,12 +80,19 @@ def test_settings_from_presets_and_their_errors(tmp_path):
         PatchSettings(size=32, stride=8, splits=("test",))
     with pytest.raises(ConfigError, match=r"whole_images = \['test'\]"):
         PatchSettings(size=32, stride=8, whole_images=("test",))
+    # the presets file is checked by workflow/schemas/presets.schema.yaml: the message names the field
     bad = tmp_path / "presets.yaml"
-    bad.write_text("smoke:\n  patches: {size: 8, strde: 4}\n")
-    with pytest.raises(ConfigError, match=r"unknown keys \['strde'\]"):
+
+    def write_with_smoke_patches(patches):
+        presets = yaml.safe_load((CONFIG / "presets.yaml").read_text())
+        presets["smoke"]["patches"] = patches
+        bad.write_text(yaml.safe_dump(presets))
+
+    write_with_smoke_patches({"size": 8, "strde": 4})
+    with pytest.raises(ConfigError, match=r"smoke\.patches: Additional properties are not allowed \('strde'"):
         load_settings(bad, "smoke")
-    bad.write_text("smoke:\n  patches: {size: 8, stride: 4, by_layout: {cuhk: {size: 4, colour: 1}}}\n")
-    with pytest.raises(ConfigError, match=r"by_layout\.cuhk: unknown keys \['colour'\]"):
+    write_with_smoke_patches({"size": 8, "stride": 4, "by_layout": {"cuhk": {"size": 4, "colour": 1}}})
+    with pytest.raises(ConfigError, match=r"smoke\.patches\.by_layout\.cuhk: Additional properties .*'colour'"):
         load_settings(bad, "smoke", "cuhk")
 
 

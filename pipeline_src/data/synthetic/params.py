@@ -95,15 +95,14 @@ class KindSpec:
 
 def load_preset(path: str | Path, preset: str, kind: str) -> tuple[KindSpec, Physics]:
     """Read `<preset>.synthesize` from the presets file; returns the kind's sizes and the shared physics."""
-    import yaml
+    from pipeline_src.config import load_presets_file
 
     path = Path(path)
     if kind not in KIND_SPLITS:
         raise SynthConfigError(f"unknown synthetic kind {kind!r}; expected one of {', '.join(KIND_SPLITS)}")
     if not path.is_file():
         raise SynthConfigError(f"{path}: presets file not found (pass --presets)")
-    with open(path, encoding="utf-8") as f:
-        presets = yaml.safe_load(f) or {}
+    presets = load_presets_file(path)  # the schema checks the layout; the physics' relations are checked below
     if preset not in presets:
         raise SynthConfigError(f"{path}: unknown preset {preset!r}; known: {', '.join(map(str, presets))}")
     section = (presets[preset] or {}).get("synthesize") or {}
