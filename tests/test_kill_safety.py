@@ -141,17 +141,17 @@ def test_train_killed_at_each_commit_resumes_to_the_uninterrupted_run(raw, tmp_p
     def args(b):
         return ["train", "--recipe", recipe, "--phase", 1, "--dataset", "synth", "--manifest", raw / "manifest.json",
                 "--patches", raw / "patches", "--out", b / "run", "--curves", b / "curves.csv",
-                "--preset", "smoke", "--seed", 0]
+                "--loss-curve", b / "loss.csv", "--preset", "smoke", "--seed", 0]
 
     straight = tmp_path / "straight"
     cli(*args(straight))
     base = tmp_path / "killed"
-    outputs = [base / "curves.csv", base / "run/phase.json", base / "run/final.pt"]
+    outputs = [base / "loss.csv", base / "curves.csv", base / "run/phase.json", base / "run/final.pt"]
     kills = kill_at_every_commit(args, outputs, base, all_or_none(outputs))
-    assert kills >= 6  # three checkpoints, then curves, summary and model
+    assert kills >= 7  # three checkpoints, then the two curves, summary and model
     cli(*args(base))
     assert not leftovers(base), leftovers(base)
-    names = ["curves.csv", "run/phase.json", "run/final.pt"]
+    names = ["loss.csv", "curves.csv", "run/phase.json", "run/final.pt"]
     assert contents([base / n for n in names], base) == contents([straight / n for n in names], straight)
 
 

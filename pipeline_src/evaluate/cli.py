@@ -310,7 +310,9 @@ def _csv_text(result: dict, protocol_name: str) -> str:
 
     rows = result["rows"]
     metric_names = [k for k in rows["model"][0] if k != "image"]
-    header = ["index", "image", "protocol", *metric_names]  # index: a numeric x for `dvc plots`
+    # index: a numeric x for `dvc plots`; score: the protocol's primary metric (PSNR, or max F), one y for all tasks
+    primary = "psnr" if "psnr" in metric_names else "max_f"
+    header = ["index", "image", "protocol", "score", *metric_names]
     for b in rows:
         if b == "model":
             continue
@@ -325,7 +327,8 @@ def _csv_text(result: dict, protocol_name: str) -> str:
         return "" if v is None else (repr(round(v, DECIMALS)) if math.isfinite(v) else str(v))
 
     for i, model_row in enumerate(rows["model"]):
-        line = [i, model_row["image"], protocol_name, *(cell(model_row[m]) for m in metric_names)]
+        line = [i, model_row["image"], protocol_name, cell(model_row[primary]),
+                *(cell(model_row[m]) for m in metric_names)]
         for b in rows:
             if b == "model":
                 continue

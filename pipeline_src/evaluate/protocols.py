@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 
 from pipeline_src.config import ConfigError, load_yaml, validate_schema
-from pipeline_src.errors import DataError
 
 DETECTION_BASELINES = frozenset({"sharpness"})  # they give in-focus logits; the others restore images
 
@@ -78,7 +77,7 @@ class Protocol:
         """An image at this protocol's depth -> float32 on [0, data_range]."""
         want = np.uint8 if self.bit_depth == 8 else np.uint16
         if img.dtype != want:
-            raise DataError(f"protocol {self.name!r} reads {self.bit_depth}-bit images; got {img.dtype} "
+            raise TypeError(f"protocol {self.name!r} reads {self.bit_depth}-bit images; got {img.dtype} "
                             "(call Protocol.read first)")
         return (img.astype(np.float32) / float(np.iinfo(want).max)) * np.float32(self.data_range)
 

@@ -30,7 +30,8 @@ PRIMARY = {"restoration": "psnr", "detection": "max_f"}
 MISSING = "missing"
 RECORD_SUFFIX = ".record.json"  # evaluate's --record; its --out holds the same figures, numbers only
 ROW_KINDS = ("model", "input", "other")
-KIND_COLOURS = {"published": "#9e9e9e", "ours": "#1f77b4", "baseline": "#ff7f0e"}
+KIND_COLOURS = {"published": "#9e9e9e", "ours": "#1f77b4", "authors": "#2ca02c", "baseline": "#ff7f0e"}
+AUTHORS = "authors' release"  # weights_import.AUTHORS_RELEASE: the record's weights_source for imported weights
 _ENTRY_KEYS = {"paper", "recipe", "dataset", "protocol", "test_images", "source", "page", "rows"}
 _EVAL_KEYS = ("model", "baselines", "images", "name", "paper", "recipe", "dataset", "split", "task",
               "protocol_name", "protocol", "checkpoint", "preset", "training_run_id", "eval_run_id",
@@ -162,7 +163,7 @@ def _per_image(doc: dict) -> dict[str, list[float]]:
 @dataclasses.dataclass
 class Row:
     label: str
-    kind: str            # published | ours | baseline
+    kind: str            # published | ours | authors | baseline
     data: str            # dataset and split the figures are on
     images: object       # int, or "missing"
     values: dict         # metric -> number | None (n/a) | "missing"
@@ -195,10 +196,29 @@ def _entry_facts(entry: dict) -> list[str]:
     return facts
 
 
-def _evaluation_table(doc: dict, entries: list[dict]) -> Table:
+def _is_authors(doc: dict) -> bool:
+    return doc.get("weights_source") == AUTHORS
+
+
+def _model_row(doc: dict) -> Row:
+    data = f"{doc['dataset']} {doc['split']}"
+    if _is_authors(doc):
+        prov = doc.get("provenance") or {}
+        return Row(label=f"authors' weights: {prov.get('import', doc['model_name'])} ({prov.get('file', '?')}, "
+                         f"sha256 {str(prov.get('sha256', ''))[:12]})", kind="authors", data=data,
+                   images=doc["images"], values=dict(doc["model"]))
+    ck = doc["checkpoint"]
+    budget = f"phase {ck['phase']}, {ck['step']} steps, preset {doc['preset']}"
+    return Row(label=f"ours: {doc['recipe'] or doc['model_name']} ({budget})", kind="ours", data=data,
+               images=doc["images"], values=dict(doc["model"]))
+
+
+def _evaluation_table(doc: dict, entries: list[dict], authors: list[dict] = ()) -> Table:
+    """One evaluation's table: the paper's rows, ours (or the authors' weights), the authors' weights evaluated
+    on the same data and protocol, then the baselines."""
     rows = [row for e in entries for row in _published_rows(e)]
-    rows.append(Row(label=f"ours: {doc['recipe'] or doc['model_name']}", kind="ours",
-                    data=f"{doc['dataset']} {doc['split']}", images=doc["images"], values=dict(doc["model"])))
+    rows.append(_model_row(doc))
+    rows += [_model_row(a) for a in authors]
     for b, values in doc["baselines"].items():
         extra = ""
         if "radius_px_median" in values:
@@ -218,6 +238,16 @@ def _evaluation_table(doc: dict, entries: list[dict]) -> Table:
     ]
     for metric, why in (doc.get("unavailable") or {}).items():
         facts.append(f"{metric}: n/a ({why})")
+    for a in ([doc] if _is_authors(doc) else []) + list(authors):
+        prov = a.get("provenance") or {}
+        match = {True: "equals the release's git blob", False: "DIFFERS from the release's git blob"}.get(
+            prov.get("matches_release"), "not compared with the release")
+        facts.append(f"authors' weights `{prov.get('import')}`: {prov.get('source')} ({prov.get('url')}); file "
+                     f"`{prov.get('file')}`, sha256 {prov.get('sha256')}, {match}; imported exactly, evaluated with "
+                     "the same protocol")
+    if not _is_authors(doc) and doc["preset"] != "paper":
+        facts.append(f"ours was trained with the `{doc['preset']}` preset (phase {ck['phase']} ended at step "
+                     f"{ck['step']}): a budget to show the pipeline working, not the paper's training")
     for e in entries:
         facts += _entry_facts(e)
         if e["dataset"] != doc["dataset"]:
@@ -231,11 +261,23 @@ def _evaluation_table(doc: dict, entries: list[dict]) -> Table:
                  rows=rows, facts=facts, metric=PRIMARY[doc["task"]], evaluation=doc, per_image=_per_image(doc))
 
 
+def _same_test(a: dict, b: dict) -> bool:
+    return (a["recipe"], a["dataset"], a["split"], a["protocol_name"]) == \
+        (b["recipe"], b["dataset"], b["split"], b["protocol_name"])
+
+
 def build_tables(published: dict, evaluations: list[dict]) -> list[Table]:
     evaluated = {e["recipe"] for e in evaluations}
+    ours = [e for e in evaluations if not _is_authors(e)]
+    # the authors' weights join the table of our model on the same data and protocol; alone, they get their own
+    joined = {id(a) for a in evaluations if _is_authors(a) and any(_same_test(a, o) for o in ours)}
     tables = []
     for doc in evaluations:
-        tables.append(_evaluation_table(doc, [e for e in published["entries"] if e["recipe"] == doc["recipe"]]))
+        if id(doc) in joined:
+            continue
+        authors = [a for a in evaluations if id(a) in joined and _same_test(a, doc)] if not _is_authors(doc) else []
+        tables.append(_evaluation_table(doc, [e for e in published["entries"] if e["recipe"] == doc["recipe"]],
+                                        authors))
     for i, entry in enumerate(published["entries"]):
         if entry["recipe"] in evaluated:
             continue

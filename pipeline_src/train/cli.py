@@ -21,8 +21,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--patches", required=True, type=Path, help="patch folder written by the patches stage")
     parser.add_argument("--out", required=True, type=Path, help="phase folder: final.pt, phase.json, last.pt")
     parser.add_argument("--curves", type=Path, default=None,
-                        help="training curves CSV, one row per validation (default: <out>/curves.csv; the DAG "
+                        help="validation curve CSV, one row per validation (default: <out>/curves.csv; the DAG "
                              "writes data/metrics/train/<recipe>-<dataset>-phase<k>.csv for DVC plots)")
+    parser.add_argument("--loss-curve", type=Path, default=None,
+                        help="training loss CSV, one row per log line (default: <out>/loss.csv; the DAG writes "
+                             "data/metrics/loss/<recipe>-<dataset>-phase<k>.csv)")
     parser.add_argument("--init-from", type=Path,
                         help="weights for a phase with `init: previous` (default: ../phase<k-1>/final.pt beside --out)")
     parser.add_argument("--weights-dir", type=Path, default=Path("data/weights"))
@@ -54,7 +57,8 @@ def run(args) -> int:
                    manifest=args.manifest, patches=args.patches, out_dir=args.out, prev_final=init_from,
                    weights_dir=args.weights_dir, seed=args.seed,
                    device=args.device, tracking=tracking_enabled(config_tracking_flag()) and not args.no_tracking,
-                   restart=args.restart, extra_tags={"option": args.option or "paper"}, curves=args.curves)
+                   restart=args.restart, extra_tags={"option": args.option or "paper"}, curves=args.curves,
+                   loss_curve=args.loss_curve)
     summary = run_phase(job)
     val = summary["validation"]
     print(f"{args.out}: {summary['steps']} steps; " + ", ".join(f"{k} {v:.3f}" for k, v in val.items()))

@@ -68,7 +68,13 @@ class PhaseJob:
     tracking: bool = True
     restart: bool = False
     extra_tags: dict = field(default_factory=dict)
-    curves: Path | None = None        # training curves CSV (default: <out_dir>/curves.csv)
+    curves: Path | None = None        # validation curve CSV (default: <out_dir>/curves.csv)
+    loss_curve: Path | None = None    # training loss curve CSV (default: <out_dir>/loss.csv)
+
+
+def curve_paths(job: PhaseJob) -> tuple[Path, Path]:
+    out = Path(job.out_dir)
+    return Path(job.curves or out / "curves.csv"), Path(job.loss_curve or out / "loss.csv")
 
 
 def seed_everything(seed: int) -> None:
@@ -160,35 +166,49 @@ def _resume_state(last_path: Path, identity: dict, restart: bool) -> tuple[dict 
 
 
 class TrainingCurves:
-    """One row per validation: step, mean training loss since the previous row, lr, and the validation metrics.
-    Written as CSV beside the phase (DVC plots: x = step); kept in last.pt so a resumed run writes the same rows."""
+    """The phase's curves for `dvc plots` (x = step): one validation row per validation (mean training loss since
+    the previous row, lr, `val_score` — the task's primary figure, PSNR or max F — and every validation metric),
+    and one loss row per log line. Kept in last.pt, so a resumed run writes the same rows."""
 
-    def __init__(self, rows: list[dict] | None = None, loss_sum: float = 0.0, loss_n: int = 0):
-        self.rows, self.loss_sum, self.loss_n = list(rows or []), loss_sum, loss_n
+    def __init__(self, rows: list[dict] | None = None, loss_rows: list[dict] | None = None, loss_sum: float = 0.0,
+                 loss_n: int = 0):
+        self.rows, self.loss_rows = list(rows or []), list(loss_rows or [])
+        self.loss_sum, self.loss_n = loss_sum, loss_n
 
     def add_loss(self, value: float) -> None:
         self.loss_sum, self.loss_n = self.loss_sum + value, self.loss_n + 1
 
+    def add_log(self, step: int, lr: float, mean_loss: float) -> None:
+        self.loss_rows.append({"step": step, "train_loss": mean_loss, "lr": lr})
+
     def add_point(self, step: int, lr: float, val: dict[str, float]) -> None:
-        row = {"step": step, "train_loss": self.loss_sum / max(self.loss_n, 1), "lr": lr}
+        primary = val.get("val/psnr", val.get("val/max_f"))
+        row = {"step": step, "train_loss": self.loss_sum / max(self.loss_n, 1), "lr": lr, "val_score": primary}
         row.update({k.replace("/", "_"): v for k, v in val.items()})
         self.rows.append(row)
         self.loss_sum, self.loss_n = 0.0, 0
 
     def state(self) -> dict:
-        return {"rows": self.rows, "loss_sum": self.loss_sum, "loss_n": self.loss_n}
+        return {"rows": self.rows, "loss_rows": self.loss_rows, "loss_sum": self.loss_sum, "loss_n": self.loss_n}
 
     @classmethod
     def from_state(cls, state: dict | None) -> TrainingCurves:
         return cls(**state) if state else cls()
 
-    def csv_text(self) -> str:
-        columns = list(dict.fromkeys(k for row in self.rows for k in row)) or ["step", "train_loss", "lr"]
+    @staticmethod
+    def _csv(rows: list[dict], default_columns: list[str]) -> str:
+        columns = list(dict.fromkeys(k for row in rows for k in row)) or default_columns
         lines = [",".join(columns)]
-        for row in self.rows:
+        for row in rows:
             lines.append(",".join("" if row.get(c) is None else repr(round(row[c], 6)) if isinstance(row[c], float)
                                   else str(row[c]) for c in columns))
         return "\n".join(lines) + "\n"
+
+    def validation_csv(self) -> str:
+        return self._csv(self.rows, ["step", "train_loss", "lr", "val_score"])
+
+    def loss_csv(self) -> str:
+        return self._csv(self.loss_rows, ["step", "train_loss", "lr"])
 
 
 class _Progress:
@@ -231,7 +251,7 @@ def _run_phase(job: PhaseJob, dist: DistInfo) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     last_path, final_path = out / "last.pt", out / "final.pt"
     # the old outputs are being replaced: never left beside a new run's state
-    discard_outputs([Path(job.curves or out / "curves.csv"), out / "phase.json", final_path])
+    discard_outputs([*curve_paths(job), out / "phase.json", final_path])
     manifest_sha = manifest_sha256(job.manifest)
     patches_meta = Path(job.patches) / "meta.json"
     if not patches_meta.is_file():
@@ -369,6 +389,7 @@ def _run_phase(job: PhaseJob, dist: DistInfo) -> dict[str, Any]:
                 if log_now:
                     dt = time.perf_counter() - window_t0
                     metrics = {f"train/{k}": v / window_n for k, v in window.items()}
+                    curves.add_log(step, optimizer.param_groups[0]["lr"], metrics["train/loss"])
                     metrics["lr"] = optimizer.param_groups[0]["lr"]
                     metrics["samples_per_s"] = window_n * phase["batch_size"] * dist.world_size / max(dt, 1e-9)
                     tracker.log_metrics(metrics, step)
@@ -411,9 +432,10 @@ def _finish(job, model, phase, step, total_steps, val, init_info, tracker, final
                       step=step, config=json.loads(json.dumps(job.recipe, default=str)),
                       mlflow_run_id=tracker.run_id, init=init_info, protocol=job.recipe["protocol"])
         summary_path = final_path.with_name("phase.json")
-        curves_path = Path(job.curves or final_path.with_name("curves.csv"))
-        with output_set([curves_path, summary_path, final_path]) as tmp:  # final.pt, what later stages read, last
-            tmp[curves_path].write_text(curves.csv_text())
+        curves_path, loss_path = curve_paths(job)
+        with output_set([loss_path, curves_path, summary_path, final_path]) as tmp:  # final.pt (read next) last
+            tmp[loss_path].write_text(curves.loss_csv())
+            tmp[curves_path].write_text(curves.validation_csv())
             tmp[summary_path].write_text(json.dumps(summary, indent=2) + "\n")
             torch.save(record, tmp[final_path])
         tracker.log_artifact(summary_path)

@@ -154,6 +154,7 @@ def test_per_image_csv_and_side_by_side_images(defocus_tree, tmp_path, monkeypat
     assert [r["image"] for r in rows] == ["test00", "test01", "test02", "test03"]
     assert {"psnr", "ssim", "mae", "lpips", "input_psnr", "wiener_psnr", "wiener_radius_px"} <= set(rows[0])
     assert {r["protocol"] for r in rows} == {"dpdd_single_8bit"}
+    assert [r["index"] for r in rows] == ["0", "1", "2", "3"] and all(r["score"] == r["psnr"] for r in rows)
     assert json.loads((tmp_path / "m" / "protocol.json").read_text())["protocol"]["name"] == "dpdd_single_8bit"
     assert rows[0]["lpips"] == "" and float(rows[0]["wiener_radius_px"]) == 2.0
     mean_psnr = np.mean([float(r["psnr"]) for r in rows])
@@ -230,7 +231,7 @@ def test_detection_evaluation_reports_f_measures(detection_tree, tmp_path, monke
     assert set(doc["model"]) == {"max_f", "mean_max_f", "f_at_0_5", "mae"}
     assert all(0.0 <= v <= 1.0 for v in doc["model"].values())
     rows = list(csv.DictReader((tmp_path / "m.csv").open()))
-    assert len(rows) == 3 and "max_f" in rows[0]
+    assert len(rows) == 3 and "max_f" in rows[0] and all(r["score"] == r["max_f"] for r in rows)
 
 
 def test_bad_requests_are_refused_with_a_reason(defocus_tree, detection_tree, tmp_path, monkeypatch):

@@ -31,7 +31,7 @@ def test_shipped_protocol_facts(book):
     assert (single.bit_depth, single.quantize) == (8, "round")
     assert (dual.bit_depth, dual.quantize) == (16, "none")
     assert (gopro.bit_depth, gopro.quantize) == (8, "truncate")
-    assert dbd.task == "detection" and dbd.activation == "sigmoid" and dbd.baselines == ()
+    assert dbd.task == "detection" and dbd.activation == "sigmoid" and dbd.baselines == ("sharpness",)
     for p in (single, dual, gopro, dbd):
         assert p.data_range == 1.0 and p.colour_order == "RGB" and p.border_crop == 0
         assert p.ssim == {"window": 7, "gaussian": False, "covariance": "sample"}

@@ -80,7 +80,7 @@ def test_report_puts_kpac_beside_the_paper_and_the_baselines(tmp_path):
                 "multianet-synth-detection_bars.png"):
         assert (out / "plots" / png).stat().st_size > 1000 and f"](plots/{png})" in md
     rows = list(csv.DictReader((out / "rows.csv").open()))
-    ours = [r for r in rows if r["label"] == "kpac-synth-defocus | ours: kpac"]
+    ours = [r for r in rows if r["label"].startswith("kpac-synth-defocus | ours: kpac (phase 2, 300 steps")]
     assert len(ours) == 1 and float(ours[0]["psnr"]) == 24.5 and ours[0]["lpips"] == ""
     assert len({r["label"] for r in rows}) == len(rows)
 
@@ -161,3 +161,40 @@ def test_metrics_dir_reads_every_json_in_the_folder_and_an_empty_one_is_an_error
                         "--out", str(tmp_path / "report")], capture_output=True, text=True)
     assert r.returncode == 2 and "no evaluation records" in r.stderr
     assert not (tmp_path / "report").exists()
+
+
+def _authors_record(tmp: Path, name: str, psnr: float) -> Path:
+    """An evaluation of imported weights: the record evaluate writes for a file of `import-weights`."""
+    path = _metrics(tmp, name)
+    doc = json.loads(path.read_text())
+    doc["model"]["psnr"] = psnr
+    doc["weights_source"] = "authors' release"
+    doc["provenance"] = {"source": "authors' release", "import": "kpac_single_2level", "file": "data/weights/k.npz",
+                         "sha256": "ef" * 32, "url": "https://github.com/HyeongseokSon1/KPAC/blob/8603ec3/x.npz",
+                         "matches_release": True}
+    doc["training_run_id"] = None
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def test_authors_weights_join_our_table_on_the_same_data_and_protocol_and_stand_alone_otherwise(tmp_path):
+    ours = _metrics(tmp_path, "kpac-synth-defocus")
+    authors = _authors_record(tmp_path, "kpac_single_2level-synth-defocus", 26.1)
+    assert _report([ours, authors], tmp_path / "r") == 0
+    md = (tmp_path / "r" / "results.md").read_text()
+    table = md[md.index("| row | data", md.index("### kpac on synth-defocus")):]
+    table = table[:table.index("\n\n")]
+    lines = table.splitlines()
+    ours_line = next(line for line in lines if line.startswith("| ours: kpac (phase 2, 300 steps, preset default)"))
+    authors_line = next(line for line in lines if line.startswith("| authors' weights: kpac_single_2level"))
+    assert "24.50" in ours_line and "26.10" in authors_line
+    assert lines.index(ours_line) < lines.index(authors_line) < next(i for i, x in enumerate(lines) if "baseline" in x)
+    assert md.count("### kpac on synth-defocus") == 1  # one table, not two
+    assert "equals the release's git blob" in md and "not the paper's training" in md
+    rows = list(csv.DictReader((tmp_path / "r" / "rows.csv").open()))
+    assert {r["kind"] for r in rows} >= {"ours", "authors", "baseline"}
+
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    assert _report([_authors_record(alone, "kpac_single_2level-dpdd", 25.2)], tmp_path / "r2") == 0
+    assert "| authors' weights: kpac_single_2level" in (tmp_path / "r2" / "results.md").read_text()

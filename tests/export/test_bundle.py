@@ -255,7 +255,7 @@ def test_each_bundle_is_a_new_version_of_its_registered_model_and_downloads_by_m
     assert "registered as models:/tiny-registry/2" in r.stderr
     client = MlflowClient(uri)
     versions = sorted(client.search_model_versions("name='tiny-registry'"), key=lambda v: int(v.version))
-    assert [v.version for v in versions] == ["1", "2"]
+    assert [str(v.version) for v in versions] == ["1", "2"]
     latest = versions[-1]
     quality = json.loads((variants / "quality.json").read_text())
     assert latest.tags["int8.accepted"] == str(quality["variants"]["int8"]["accepted"]).lower()

@@ -91,7 +91,7 @@ def test_int8_beyond_the_allowed_drop_is_refused_and_not_written(exported, tiny_
     # the DVC metrics: flat numbers, the same figures as the report's
     numbers = json.loads((tmp_path / "m.json").read_text())
     assert numbers["int8.accepted"] == 0 and numbers["fp16.drop_db"] == report["variants"]["fp16"]["drop_db"]
-    assert numbers["fp32.psnr"] == report["variants"]["fp32"]["psnr"] and numbers["images"] == report["images"]
+    assert numbers["fp32.psnr_db"] == report["variants"]["fp32"]["psnr_db"] and numbers["images"] == report["images"]
     assert all(isinstance(v, (int, float)) for v in numbers.values())
     assert report["variants"]["int8"]["accepted"] is False and report["variants"]["int8"]["file"] is None
     assert not (tmp_path / "q" / "model_int8.onnx").exists()

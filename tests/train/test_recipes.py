@@ -337,7 +337,7 @@ def test_multianet_smoke_phase(detection_data, tmp_path):
     assert set(summary["validation"]) == {"val/max_f", "val/f_at_0_5", "val/mae"}
     assert all(0.0 <= v <= 1.0 for v in summary["validation"].values())
     header = (tmp_path / "phase1" / "curves.csv").read_text().splitlines()[0].split(",")
-    assert header == ["step", "train_loss", "lr", "val_max_f", "val_f_at_0_5", "val_mae"]
+    assert header == ["step", "train_loss", "lr", "val_score", "val_max_f", "val_f_at_0_5", "val_mae"]
 
 
 def test_attsf_three_smoke_phases_at_reduced_width(defocus_data, tmp_path):

@@ -71,9 +71,12 @@ def test_killed_run_resumes_and_ends_with_the_same_weights(defocus_data, tmp_pat
     # the training curves (DVC plots) of the resumed run are the uninterrupted run's, row for row
     curves = (out / "curves.csv").read_text()
     assert curves == (tmp_path / "straight/curves.csv").read_text()
+    assert (out / "loss.csv").read_text() == (tmp_path / "straight/loss.csv").read_text()
     header, *rows = curves.splitlines()
-    assert header.split(",")[:4] == ["step", "train_loss", "lr", "val_psnr"] and len(rows) == 24 // 4
+    assert header.split(",")[:5] == ["step", "train_loss", "lr", "val_score", "val_psnr"] and len(rows) == 24 // 4
     assert [int(r.split(",")[0]) for r in rows] == [4, 8, 12, 16, 20, 24]
+    assert all(r.split(",")[3] == r.split(",")[4] for r in rows)  # val_score is the PSNR for restoration
+    assert len((out / "loss.csv").read_text().splitlines()) == 1 + 24  # log_every 1
 
 
 def _digest(out):

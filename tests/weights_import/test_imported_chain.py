@@ -27,7 +27,8 @@ def chain(tmp_path_factory):
     cfg.write_text(EXPORT_CONFIG.read_text().replace("config/tensorrt_onnx_ops.yaml", str(OP_TABLE)))
     common = ["--config", str(cfg)]
     assert cli_main(["evaluate", "--checkpoint", str(ckpt), "--manifest", str(manifest), "--out",
-                     str(root / "metrics/authors.json"), "--per-image", str(root / "metrics/authors.csv"),
+                     str(root / "metrics/authors.json"), "--record", str(root / "metrics/authors.record.json"),
+                     "--per-image", str(root / "metrics/authors.csv"),
                      "--images", str(root / "metrics/authors"), "--baselines", "--no-tracking"]) == 0
     assert cli_main(["export-onnx", "--checkpoint", str(ckpt), "--out", str(root / "export"),
                      "--manifest", str(manifest), "--no-tracking", *common]) == 0
@@ -42,9 +43,10 @@ def chain(tmp_path_factory):
 
 
 def test_evaluate_takes_the_protocol_the_authors_evaluation_used_from_the_file(chain):
-    doc = json.loads((chain / "metrics/authors.json").read_text())
+    doc = json.loads((chain / "metrics/authors.record.json").read_text())
     assert doc["protocol_name"] == "dpdd_single_8bit" and doc["recipe"] == "kpac" and doc["images"] == 2
     assert doc["model_name"] == "kpac" and doc["checkpoint"]["phase"] is None
+    assert doc["weights_source"] == "authors' release" and doc["provenance"]["import"] == "kpac_single_2level"
     # the model row is a real score (random weights: far from the target, unlike the blurry input)
     assert 0 < doc["model"]["psnr"] < doc["baselines"]["input"]["psnr"]
 
