@@ -27,6 +27,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "index": ("pipeline_src.data.manifest", "validate a dataset tree and write its manifest (JSON)"),
     "patches": ("pipeline_src.data.patches", "cut sliding-window training patches into memory-mappable arrays"),
     "mlflow-init": ("pipeline_src.tracking", "create the MLflow store and experiment once, before parallel jobs"),
+    "dvc-commit": ("pipeline_src.dvc_commit", "record Snakemake's outputs in dvc.lock, if built with params.yaml's values"),
     "train": ("pipeline_src.train.cli", "run one training phase of one model on one dataset"),
     "import-weights": ("pipeline_src.weights_import.cli", "import an author's released weights (KPAC npz) into a final.pt"),
     "evaluate": ("pipeline_src.evaluate.cli", "evaluate a checkpoint with its paper's protocol"),

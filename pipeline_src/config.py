@@ -18,6 +18,7 @@ import yaml
 from pipeline_src.errors import ConfigError  # defined there, importable from here as before
 
 PRESETS = ("smoke", "default", "paper")
+PARAMS_FILE = "params.yaml"  # config/params.yaml: preset, seed, engines, tracking (DVC's params)
 # The repository this package is installed from (editable install): schemas live in workflow/schemas/.
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCHEMAS = REPO_ROOT / "workflow" / "schemas"
@@ -73,10 +74,13 @@ def validate_schema(data: Any, schema: str | os.PathLike | dict, what: str) -> N
         raise ConfigError("\n".join(lines) + more)  # the CLI joins the lines with "; "
 
 
-def load_pipeline_config(path: str | os.PathLike = "config/config.yaml", overrides: dict | None = None) -> dict:
+def load_pipeline_config(path: str | os.PathLike = "config/config.yaml", overrides: dict | None = None,
+                         params: str | os.PathLike | None = None) -> dict:
+    """config/config.yaml merged with the run parameters (config/params.yaml beside it), as Snakemake reads them."""
     path = Path(path)
-    cfg = deep_merge(load_yaml(path), overrides or {})
-    validate_schema(cfg, SCHEMAS / "config.schema.yaml", str(path))
+    params = Path(params) if params else path.with_name(PARAMS_FILE)
+    cfg = deep_merge(deep_merge(load_yaml(path), load_yaml(params)), overrides or {})
+    validate_schema(cfg, SCHEMAS / "config.schema.yaml", f"{path} + {params}")
     check_train_chain(cfg, str(path))
     return cfg
 

@@ -7,7 +7,7 @@
   every job calls it again (cheap once the store exists), which also covers `dvc repro` and single-rule runs.
 - Nesting: the parent run's id travels in `PIPELINE_PARENT_RUN_ID` (not `MLFLOW_RUN_ID`, which would make every
   child resume the parent). Children work without a parent too.
-- Tracking off (`tracking: false` in config/config.yaml or `PIPELINE_TRACKING=0`): `NullTracker`, and mlflow is
+- Tracking off (`tracking: false` in config/params.yaml or `PIPELINE_TRACKING=0`): `NullTracker`, and mlflow is
   never imported (the GPU hosts have no mlflow installed).
 `import mlflow` costs over a second, so it happens inside functions only.
 """
@@ -39,10 +39,11 @@ def tracking_enabled(config_flag: bool = True) -> bool:
 
 
 def config_tracking_flag(root: Path | None = None) -> bool:
-    """config/config.yaml's `tracking:` (true where there is no project config, e.g. a lone checkpoint)."""
+    """config/params.yaml's `tracking:` (true where there is no project config, e.g. a lone checkpoint). A
+    Snakemake `--config tracking=false` reaches the jobs as PIPELINE_TRACKING=0 instead (common.smk)."""
     import yaml
 
-    config = (root or project_root()) / "config" / "config.yaml"
+    config = (root or project_root()) / "config" / "params.yaml"
     return bool(yaml.safe_load(config.read_text()).get("tracking", True)) if config.is_file() else True
 
 

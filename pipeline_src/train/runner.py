@@ -423,7 +423,7 @@ def _finish(job, model, phase, step, total_steps, val, init_info, tracker, final
             curves: TrainingCurves) -> dict:
     barrier(dist)
     summary = {"paper": job.recipe["paper"], "recipe": job.recipe_name, "dataset": job.dataset, "phase": job.phase,
-               "phase_name": phase["name"], "preset": job.recipe["preset"], "steps": step,
+               "phase_name": phase["name"], "preset": job.recipe["preset"], "seed": job.seed, "steps": step,
                "total_steps": total_steps, "validation": val, "init": init_info,
                "final_state_digest": state_digest(model), "mlflow_run_id": tracker.run_id}
     if dist.is_main:
