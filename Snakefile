@@ -12,10 +12,15 @@ configfile: "config/config.yaml"
 
 validate(config, "workflow/schemas/config.schema.yaml")
 
-# One GPU job at a time unless told otherwise (`--resources gpu=4`, or a profile such as workflow/profiles/slurm).
-# Set here because Snakemake only auto-loads profiles/default/ beside the Snakefile, not workflow/profiles/.
-if "gpu" not in workflow.global_resources:
+# Local runs: one GPU job at a time unless told otherwise (`--resources gpu=4`). Set here because Snakemake
+# only auto-loads profiles/default/ beside the Snakefile, not workflow/profiles/. Not on a cluster, where the
+# scheduler hands out GPUs (a global cap would serialise every training of the workflow).
+if workflow.local_exec and "gpu" not in workflow.global_resources:
     workflow.register_resource("gpu", 1)
+
+
+# `snakemake --report report.html`: this text on the front page; results, plots and images by paper.
+report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
