@@ -12,10 +12,10 @@ configfile: "config/config.yaml"
 
 validate(config, "workflow/schemas/config.schema.yaml")
 
-# Local runs: one GPU job at a time unless told otherwise (`--resources gpu=4`). Set here because Snakemake
-# only auto-loads profiles/default/ beside the Snakefile, not workflow/profiles/. Not on a cluster, where the
-# scheduler hands out GPUs (a global cap would serialise every training of the workflow).
-if workflow.local_exec and "gpu" not in workflow.global_resources:
+# One GPU job at a time unless told otherwise (`--resources gpu=4`). Set here because Snakemake only auto-loads
+# profiles/default/ beside the Snakefile, not workflow/profiles/. The SLURM profile makes `gpu` a per-job
+# (local) resource, so this cap does not serialise the cluster's GPU jobs: SLURM hands out the GPUs there.
+if "gpu" not in workflow.global_resources:
     workflow.register_resource("gpu", 1)
 
 

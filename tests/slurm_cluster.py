@@ -21,6 +21,9 @@ from pathlib import Path
 from typing import Iterator
 
 DEBIAN_PACKAGES = ["slurm-wlm", "munge"]
+# Where srun looks for the configuration when SLURM_CONF is unset, as it is inside a job: the jobstep plugin
+# drops every SLURM_* variable before its nested `srun`. The test links it to its generated file while it runs.
+ETC_CONF = Path("/etc/slurm/slurm.conf")
 NODE = "blurnode"
 PARTITIONS = ("cpu", "gpu")
 
@@ -96,7 +99,7 @@ AuthType=auth/munge
 CredType=cred/munge
 AuthInfo=socket={root}/munge/munge.socket
 StateSaveLocation={root}/state
-SlurmdSpoolDir={root}/spool/%n
+SlurmdSpoolDir={root}/spool
 SlurmctldPidFile={root}/run/slurmctld.pid
 SlurmdPidFile={root}/run/slurmd-%n.pid
 SlurmctldLogFile={root}/log/slurmctld.log
@@ -125,7 +128,7 @@ PartitionName={PARTITIONS[1]} Nodes={NODE} MaxTime=INFINITE State=UP
 
 
 @contextlib.contextmanager
-def one_node_cluster(root: Path, cpus: int = 4, mem_mb: int = 8000) -> Iterator[dict]:
+def one_node_cluster(root: Path, cpus: int = 8, mem_mb: int = 8000) -> Iterator[dict]:
     """Start munged, slurmctld and slurmd under `root`; yield the environment that reaches the cluster."""
     ensure_slurm_installed()
     user = subprocess.run(["id", "-un"], capture_output=True, text=True, check=True).stdout.strip()
@@ -138,6 +141,7 @@ def one_node_cluster(root: Path, cpus: int = 4, mem_mb: int = 8000) -> Iterator[
     conf = root / "slurm.conf"
     conf.write_text(slurm_conf(root, user, cpus, mem_mb, free_port(), free_port()))
     env = {**os.environ, "SLURM_CONF": str(conf)}
+    link_etc_conf(conf)
     procs: dict[str, subprocess.Popen] = {}
     try:
         procs["munged"] = subprocess.Popen(
@@ -161,15 +165,33 @@ def one_node_cluster(root: Path, cpus: int = 4, mem_mb: int = 8000) -> Iterator[
             raise RuntimeError(f"{e}\n{daemon_logs(root)}") from None
         yield env
     finally:
-        with contextlib.suppress(Exception):
-            subprocess.run(["scancel", "--full", "--user", user], env=env, timeout=30, capture_output=True)
-            end = time.monotonic() + 30
-            while time.monotonic() < end and subprocess.run(
-                    ["squeue", "-h", "-t", "pending,running,completing"], env=env, capture_output=True,
-                    text=True, timeout=30).stdout.strip():
-                time.sleep(1)
+        if "slurmctld" in procs and procs["slurmctld"].poll() is None:
+            cancel_all(user, env)
         stop({k: procs[k] for k in ("slurmd", "slurmctld") if k in procs})
         stop({k: procs[k] for k in ("munged",) if k in procs})
+        if ETC_CONF.is_symlink() and Path(os.readlink(ETC_CONF)) == conf:
+            ETC_CONF.unlink()
+
+
+def link_etc_conf(conf: Path) -> None:
+    if ETC_CONF.is_symlink() and not ETC_CONF.exists():
+        ETC_CONF.unlink()  # left by a test run that was killed: its cluster is gone
+    if ETC_CONF.exists() or ETC_CONF.is_symlink():
+        raise RuntimeError(f"{ETC_CONF} exists: this machine has a SLURM configuration (or a test cluster) of its "
+                           f"own, which the test cluster will not replace")
+    ETC_CONF.parent.mkdir(parents=True, exist_ok=True)
+    ETC_CONF.symlink_to(conf)
+
+
+def cancel_all(user: str, env: dict) -> None:
+    """Cancel the test user's jobs and wait (30 s at most) until none is pending, running or completing."""
+    with contextlib.suppress(Exception):
+        subprocess.run(["scancel", "--full", "--user", user], env=env, timeout=30, capture_output=True)
+        end = time.monotonic() + 30
+        while time.monotonic() < end and subprocess.run(
+                ["squeue", "-h", "-t", "pending,running,completing"], env=env, capture_output=True,
+                text=True, timeout=30).stdout.strip():
+            time.sleep(1)
 
 
 def daemon_logs(root: Path, tail: int = 3000) -> str:

@@ -92,6 +92,7 @@ def squeue_records(env: dict) -> list[dict]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # a few minutes on an idle 2-core machine; the margin is for a busy one
 def test_smoke_dag_through_a_one_node_slurm_cluster_to_nothing_to_be_done(tmp_path):
     ws = copy_repo(tmp_path / "ws")
     with one_node_cluster(tmp_path / "cluster") as cluster_env, mlflow_server(tmp_path / "mlflow", BIN) as uri:
