@@ -101,7 +101,7 @@ def test_smoke_dag_through_a_one_node_slurm_cluster_to_nothing_to_be_done(tmp_pa
                "PIPELINE_TRACKING": "1", "OMP_NUM_THREADS": "1", "BLUR_SLURM_GPUS": "0",
                "BLUR_SLURM_MEM_MB": "1000", "BLUR_SLURM_GPU_MEM_MB": "2000"}
         cmd = [str(BIN / "snakemake"), "--workflow-profile", PROFILE, "all", "--config", "preset=smoke",
-               "--slurm-init-seconds-before-status-checks", "5"]
+               "--slurm-init-seconds-before-status-checks", "2"]
 
         def run() -> subprocess.CompletedProcess:
             t0 = time.monotonic()
