@@ -86,11 +86,15 @@ def check_report(ws: Path) -> None:
         assert f'"{paper}"' in html, f"no report category {paper}"
     for name in cfg["evaluate"]:
         assert f"{name}_bars.png" in html and f"{name}_per_image.png" in html and f"{name}.csv" in html, name
-        for png in (ws / f"data/metrics/{name}").glob("*.png"):
-            assert png.name in html, png
-    assert html.count("data:image/png;base64,") >= 2 * len(cfg["evaluate"])  # plots and panels are embedded
-    assert "rows.csv" in html
-    assert "csv-table" not in html, "the results caption's table was not rendered"
+    panels = [p for name in cfg["evaluate"] for p in (ws / f"data/metrics/{name}").glob("*.png")]
+    assert panels and all(f'"{p.relative_to(ws)}"' in html for p in panels)
+    # plots and panels are embedded in the file, not linked
+    assert html.count("data:image/png;") >= 2 * len(cfg["evaluate"]) + len(panels)
+    # the results caption renders rows.csv as a table (docutils csv-table), every row without an RST error
+    assert '"data/report/rows.csv"' in html and '<th class=\\"head\\">psnr</th>' in html
+    rows = (ws / "data/report/rows.csv").read_text().splitlines()
+    assert html.count("<tr>") >= len(rows)
+    assert "csv-table" not in html and "ERROR/" not in html and "problematic" not in html
 
 
 def test_snakemake_smoke_builds_the_dag_and_a_second_call_has_nothing_to_do(tmp_path):
