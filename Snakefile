@@ -12,10 +12,15 @@ configfile: "config/config.yaml"
 
 validate(config, "workflow/schemas/config.schema.yaml")
 
-# One GPU job at a time unless told otherwise (`--resources gpu=4`, or a profile such as workflow/profiles/slurm).
-# Set here because Snakemake only auto-loads profiles/default/ beside the Snakefile, not workflow/profiles/.
+# One GPU job at a time unless told otherwise (`--resources gpu=4`). Set here because Snakemake only auto-loads
+# profiles/default/ beside the Snakefile, not workflow/profiles/. The SLURM profile makes `gpu` a per-job
+# (local) resource, so this cap does not serialise the cluster's GPU jobs: SLURM hands out the GPUs there.
 if "gpu" not in workflow.global_resources:
     workflow.register_resource("gpu", 1)
+
+
+# `snakemake --report report.html`: this text on the front page; results, plots and images by paper.
+report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"

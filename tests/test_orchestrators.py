@@ -21,11 +21,20 @@ def snakemake_jobs() -> dict[str, dict]:
             cur = {"rule": m.group(1), "input": set(), "output": set()}
         elif cur is not None and (m := re.match(r"^\s+(input|output): (.*)$", line)):
             cur[m.group(1)] = set(m.group(2).split(", "))
+        elif cur is not None and (m := re.match(r"^\s+log: (.*)$", line)):
+            cur["log"] = m.group(1)
         elif cur is not None and line.startswith("Shell command: "):
             if cur["rule"] != "all":  # the target rule runs nothing
-                jobs[line[len("Shell command: "):].strip()] = cur
+                jobs[stage_command(line[len("Shell command: "):].strip(), cur)] = cur
             cur = None
     return jobs
+
+
+def stage_command(shell: str, job: dict) -> str:
+    """The stage's command as DVC runs it: Snakemake's rule adds only `> <log> 2>&1` (its log: file)."""
+    redirect = f" > {job.get('log')} 2>&1"
+    assert job.get("log") and shell.endswith(redirect), f"rule {job['rule']} does not log to its log: file: {shell}"
+    return shell[: -len(redirect)]
 
 
 def dvc_stages() -> dict[str, dict]:
@@ -64,6 +73,13 @@ def test_same_stage_families_inputs_and_outputs(graphs):
         assert job["rule"] == stage["stage"], cmd
         assert job["output"] == stage["output"], cmd
         assert covered(job["input"], stage["input"]) == stage["input"], cmd
+
+
+def test_every_job_logs_under_logs_rule(graphs):
+    smk, _ = graphs
+    for cmd, job in smk.items():
+        assert job["log"].startswith(f"logs/{job['rule']}"), (job["rule"], job["log"])
+    assert len({j["log"] for j in smk.values()}) == len(smk)  # one log per job
 
 
 def test_every_configured_job_is_in_the_graph(graphs):

@@ -59,6 +59,44 @@ def expected_outputs(ws: Path) -> list[Path]:
     return out
 
 
+def check_logs_and_benchmarks(ws: Path) -> None:
+    """A log per job under logs/<rule>/, a benchmark per training, evaluation and export job."""
+    import yaml
+
+    cfg = yaml.safe_load((ws / "config/config.yaml").read_text())
+    logs = {str(p.relative_to(ws / "logs")) for p in (ws / "logs").rglob("*.log")}
+    n_jobs = (len(cfg["synthesize"]) + 1 + 2 * len(cfg["datasets"]) + len(cfg["train"]) + len(cfg["evaluate"])
+              + 1 + 4 * len(cfg["export"]))
+    assert len(logs) == n_jobs, sorted(logs)
+    assert all((ws / "logs" / p).stat().st_size > 0 for p in logs)  # every stage prints what it did
+    bench = {p.parent.relative_to(ws / "benchmarks").parts[0] for p in (ws / "benchmarks").rglob("*.tsv")}
+    assert bench == {"train", "evaluate", "export_onnx", "quantize", "build_engine", "bundle"}
+    tsv = next((ws / "benchmarks/train").rglob("*.tsv")).read_text().splitlines()
+    assert tsv[0].split("\t")[:3] == ["s", "h:m:s", "max_rss"] and float(tsv[1].split("\t")[0]) > 0
+
+
+def check_report(ws: Path) -> None:
+    """`snakemake --report`: the results table, the plots and the side-by-side images, a category per paper."""
+    import yaml
+
+    cfg = yaml.safe_load((ws / "config/config.yaml").read_text())
+    run([str(BIN / "snakemake"), "--report", "report.html", "--config", "preset=smoke"], ws)
+    html = (ws / "report.html").read_text()
+    for paper in ("KPAC", "ADNet", "BiANet", "MultiANet", "Results"):
+        assert f'"{paper}"' in html, f"no report category {paper}"
+    for name in cfg["evaluate"]:
+        assert f"{name}_bars.png" in html and f"{name}_per_image.png" in html and f"{name}.csv" in html, name
+    panels = [p for name in cfg["evaluate"] for p in (ws / f"data/metrics/{name}").glob("*.png")]
+    assert panels and all(f'"{p.relative_to(ws)}"' in html for p in panels)
+    # plots and panels are embedded in the file, not linked
+    assert html.count("data:image/png;") >= 2 * len(cfg["evaluate"]) + len(panels)
+    # the results caption renders rows.csv as a table (docutils csv-table), every row without an RST error
+    assert '"data/report/rows.csv"' in html and '<th class=\\"head\\">psnr</th>' in html
+    rows = (ws / "data/report/rows.csv").read_text().splitlines()
+    assert html.count("<tr>") >= len(rows)
+    assert "csv-table" not in html and "ERROR/" not in html and "problematic" not in html
+
+
 def test_snakemake_smoke_builds_the_dag_and_a_second_call_has_nothing_to_do(tmp_path):
     ws = copy_repo(tmp_path)
     run([str(BIN / "snakemake"), "--cores", "8", "all", "--config", "preset=smoke"], ws)
@@ -67,6 +105,8 @@ def test_snakemake_smoke_builds_the_dag_and_a_second_call_has_nothing_to_do(tmp_
 
     again = run([str(BIN / "snakemake"), "--cores", "8", "all", "--config", "preset=smoke"], ws)
     assert "Nothing to be done" in again.stdout + again.stderr
+    check_logs_and_benchmarks(ws)
+    check_report(ws)
 
     # DVC records what Snakemake built, without recomputing anything (same preset, so the same commands)
     cfg = ws / "config/config.yaml"

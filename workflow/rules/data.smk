@@ -4,35 +4,48 @@
 rule synthesize:
     output:
         directory("data/raw/{name}"),
+    log:
+        "logs/synthesize/{name}.log",
     params:
-        kind=lambda wc: config["synthesize"][wc.name]["kind"],
-        preset=PRESET,
-        seed=SEED,
+        kind=synth_kind,
+        preset=config["preset"],
+        seed=config["seed"],
         workers=2,  # a fixed number, not {threads}: the command must not change with --cores (DVC runs the same)
     threads: 2
+    conda:
+        "../../environment.yml"
     shell:
-        "{PY} synthesize {params.kind} --preset {params.preset} --seed {params.seed} --workers {params.workers} "
-        "--out {output}"
+        "python -m pipeline_src synthesize {params.kind} --preset {params.preset} --seed {params.seed} "
+        "--workers {params.workers} --out {output} > {log} 2>&1"
 
 
 rule weights:
     output:
         "data/weights/status.json",
+    log:
+        "logs/weights.log",
     params:
         names=config["weights"],
+    conda:
+        "../../environment.yml"
     shell:
-        "{PY} weights --config config/config.yaml --out {output}"
+        "python -m pipeline_src weights --config config/config.yaml --out {output} > {log} 2>&1"
 
 
 rule index:
     input:
-        lambda wc: config["datasets"][wc.name]["root"],
+        dataset_root,
     output:
         "data/manifests/{name}.json",
+    log:
+        "logs/index/{name}.log",
     params:
-        layout=lambda wc: config["datasets"][wc.name]["layout"],
+        layout=dataset_layout,
+    conda:
+        "../../environment.yml"
     shell:
-        "{PY} index {wildcards.name} --layout {params.layout} --root {input} --out {output}"
+        "python -m pipeline_src index {wildcards.name} --layout {params.layout} --root {input} --out {output} "
+        "> {log} 2>&1"
 
 
 rule patches:
@@ -40,8 +53,12 @@ rule patches:
         "data/manifests/{name}.json",
     output:
         directory("data/patches/{name}"),
+    log:
+        "logs/patches/{name}.log",
     params:
-        preset=PRESET,
+        preset=config["preset"],
     threads: 2
+    conda:
+        "../../environment.yml"
     shell:
-        "{PY} patches --manifest {input} --out {output} --preset {params.preset}"
+        "python -m pipeline_src patches --manifest {input} --out {output} --preset {params.preset} > {log} 2>&1"

@@ -2,62 +2,74 @@
 # FP16 / INT8 variants (+ quality gate) -> TensorRT engine report -> edge bundle.
 
 
-def export_job(wc):
-    return config["export"][wc.name]
-
-
-def export_ckpt(wc):
-    return final_pt(export_job(wc))
-
-
 rule export_onnx:
     input:
-        checkpoint=export_ckpt,
-        manifest=lambda wc: f"data/manifests/{export_job(wc)['dataset']}.json",
+        checkpoint=export_checkpoint,
+        manifest=export_manifest,
     output:
         onnx="data/export/{name}/model.onnx",
         parity="data/export/{name}/parity.json",
         ops="data/export/{name}/ops.json",
+    log:
+        "logs/export_onnx/{name}.log",
+    benchmark:
+        "benchmarks/export_onnx/{name}.tsv"
     params:
-        out="data/export/{name}",
+        out=out_dir,
+    conda:
+        "../../environment.yml"
     shell:
-        "{PY} export-onnx --checkpoint {input.checkpoint} --out {params.out} --manifest {input.manifest}"
+        "python -m pipeline_src export-onnx --checkpoint {input.checkpoint} --out {params.out} "
+        "--manifest {input.manifest} > {log} 2>&1"
 
 
 rule quantize:
     input:
         onnx="data/export/{name}/model.onnx",
-        manifest=lambda wc: f"data/manifests/{export_job(wc)['dataset']}.json",
-        patches=lambda wc: f"data/patches/{export_job(wc)['dataset']}",
+        manifest=export_manifest,
+        patches=export_patches,
     output:
         fp16="data/export/{name}/model_fp16.onnx",
         int8="data/export/{name}/model_int8.onnx",
         quality="data/export/{name}/quality.json",
+    log:
+        "logs/quantize/{name}.log",
+    benchmark:
+        "benchmarks/quantize/{name}.tsv"
     params:
-        train_patches=lambda wc: f"data/patches/{export_job(wc)['dataset']}/train",
+        train_patches=train_patches,
     threads: 2
+    conda:
+        "../../environment.yml"
     shell:
-        "{PY} quantize --onnx {input.onnx} --manifest {input.manifest} --patches {params.train_patches}"
+        "python -m pipeline_src quantize --onnx {input.onnx} --manifest {input.manifest} "
+        "--patches {params.train_patches} > {log} 2>&1"
 
 
 # Always in the DAG, so Snakemake and DVC hold the same jobs: the report is always written; the engine only
 # where TensorRT and CUDA are present (engines: auto), demanded with engines: on, never with engines: off.
+# No GPU in the rule: without TensorRT it only writes the report, and a cluster without GPUs must still run
+# it. Profiles add `gpu` where a GPU is there to use (workflow/profiles/*).
 rule build_engine:
     input:
         onnx="data/export/{name}/model_{precision}.onnx",
-        manifest=lambda wc: f"data/manifests/{export_job(wc)['dataset']}.json",
+        manifest=export_manifest,
     output:
         "data/engines/{name}/build-report-{precision}.json",
+    log:
+        "logs/build_engine/{name}-{precision}.log",
+    benchmark:
+        "benchmarks/build_engine/{name}-{precision}.tsv"
     params:
-        out="data/engines/{name}",
+        out=out_dir,
         when=config["engines"],
     wildcard_constraints:
         precision="fp16|int8",
-    resources:
-        gpu=1,
+    conda:
+        "../../environment.yml"
     shell:
-        "{PY} build-engine --onnx {input.onnx} --out-dir {params.out} --manifest {input.manifest} "
-        "--when {params.when}"
+        "python -m pipeline_src build-engine --onnx {input.onnx} --out-dir {params.out} "
+        "--manifest {input.manifest} --when {params.when} > {log} 2>&1"
 
 
 rule bundle:
@@ -66,10 +78,17 @@ rule bundle:
         fp16="data/export/{name}/model_fp16.onnx",
         int8="data/export/{name}/model_int8.onnx",
         quality="data/export/{name}/quality.json",
-        manifest=lambda wc: f"data/manifests/{export_job(wc)['dataset']}.json",
+        manifest=export_manifest,
     output:
         directory("data/bundles/{name}"),
+    log:
+        "logs/bundle/{name}.log",
+    benchmark:
+        "benchmarks/bundle/{name}.tsv"
     params:
-        export="data/export/{name}",
+        export=export_dir,
+    conda:
+        "../../environment.yml"
     shell:
-        "{PY} bundle --export-dir {params.export} --out {output} --manifest {input.manifest}"
+        "python -m pipeline_src bundle --export-dir {params.export} --out {output} "
+        "--manifest {input.manifest} > {log} 2>&1"
