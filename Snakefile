@@ -8,6 +8,7 @@ min_version("9.0")
 
 
 configfile: "config/config.yaml"
+configfile: "config/params.yaml"
 
 
 validate(config, "workflow/schemas/config.schema.yaml")

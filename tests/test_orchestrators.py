@@ -43,7 +43,8 @@ def dvc_stages() -> dict[str, dict]:
     stages = {}
     with Repo(str(ROOT)) as repo:
         for st in repo.index.stages:
-            deps = {str(d.def_path) for d in st.deps} - {"config/config.yaml"}  # params file, not a data input
+            # the params files are DVC's params, not data inputs (Snakemake passes their values on the command line)
+            deps = {str(d.def_path) for d in st.deps} - {"config/config.yaml", "config/params.yaml"}
             stages[" ".join(st.cmd.split())] = {"stage": st.addressing.split("@")[0], "input": deps,
                                                 "output": {str(o.def_path) for o in st.outs}}
     return stages

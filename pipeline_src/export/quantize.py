@@ -11,8 +11,10 @@ The three files are written together (fileio.output_set: quality.json, model_int
 the engine stage's input, last), so a killed run never leaves a model_fp16.onnx without its quality.json.
 Scoring, written down: restoration = PSNR (RGB, output clipped to [0, 1], data range 1, whole image, no border
 crop), drop = fp32 - variant in dB; detection = MAE of sigmoid(logits) against the in-focus mask, rise =
-variant - fp32. INT8 is accepted only within `max_int8_drop_db` (`max_int8_mae_rise`); otherwise the stage
-exits 1, quality.json says why and no model_int8.onnx is left.
+variant - fp32. INT8 is accepted only within `max_int8_drop_db` (`max_int8_mae_rise`); otherwise quality.json
+says why, no model_int8.onnx is left, a warning says so, and the stage succeeds: the gate's verdict is a result
+(the bundle then ships FP32 and FP16 only), so neither orchestrator declares model_int8.onnx as an output.
+`--metrics` adds the figures as flat numbers for `dvc metrics` (written first in the same set).
 """
 from __future__ import annotations
 
@@ -332,9 +334,9 @@ def run(args) -> int:
         print(f"{name}: {metric} {entry[metric]:.4f} on {report['images']} test image(s)"
               + "".join(f", {k} {v:.4f}" for k, v in loss.items()), file=sys.stderr)
     if not report["variants"]["int8"]["accepted"]:
+        # the gate's verdict, not a failure: quality.json records it, the bundle ships without INT8
         (limit_key, limit), = report["int8_limit"].items()
-        print(f"INT8 rejected: its loss exceeds {limit_key} = {limit:g}; no model_int8.onnx was written "
-              "(the limit is quantize.max_int8_drop_db / max_int8_mae_rise in config/export.yaml, "
-              "or --max-int8-drop-db)", file=sys.stderr)
-        return 1
+        print(f"warning: INT8 rejected: its loss exceeds {limit_key} = {limit:g}; no model_int8.onnx was written "
+              "and the bundle ships FP32 and FP16 only (the limit is quantize.max_int8_drop_db / "
+              "max_int8_mae_rise in config/export.yaml, or --max-int8-drop-db)", file=sys.stderr)
     return 0

@@ -196,7 +196,7 @@ def test_rejected_int8_is_left_out_and_the_cli_bundles_a_dual_view_model(tmp_pat
     assert cli_main(["export-onnx", "--checkpoint", str(ckpt), "--out", str(tmp_path / "e"), "--sizes", "32x32",
                      "40x24", *base]) == 0
     assert cli_main(["quantize", "--onnx", str(tmp_path / "e/model.onnx"), "--manifest", str(manifest),
-                     "--patches", str(patches), "--calibration-patches", "8", "--max-int8-drop-db", "-1", *base]) == 1
+                     "--patches", str(patches), "--calibration-patches", "8", "--max-int8-drop-db", "-1", *base]) == 0
     assert cli_main(["bundle", "--export-dir", str(tmp_path / "e"), "--out", str(tmp_path / "b"),
                      "--manifest", str(manifest), *base]) == 0
     saved = json.loads((tmp_path / "b" / "manifest.json").read_text())

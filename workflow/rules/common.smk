@@ -1,12 +1,20 @@
 # Helpers shared by the rules: stage tables from config/config.yaml, the paths they imply, report
 # categories, the MLflow parent run and the targets of `all`. Rule files hold rules only (snakemake --lint).
 import os
+import re
 
 import yaml
 
 from pipeline_src.config import check_train_chain, run_dir
 
 check_train_chain(config, "config/config.yaml")
+
+# The weights stage reads its list from config/config.yaml in both orchestrators (DVC cannot put a list on a
+# command line): an override on Snakemake's command line would not reach it, so it is refused.
+with open("config/config.yaml") as f:
+    if yaml.safe_load(f)["weights"] != config["weights"]:
+        raise ValueError("weights: set the list in config/config.yaml; a --config override does not reach the "
+                         "weights stage (it reads the file, as DVC does)")
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -52,12 +60,29 @@ def out_dir(wildcards, output):
 
 
 # ---------------------------------------------------------------------------------------------- evaluation, export
+def one_of(names):
+    """A wildcard constraint matching exactly these names (none: matching nothing)."""
+    return "|".join(re.escape(n) for n in names) or "(?!)"
+
+
+def imported_pt(weights):
+    return f"data/runs/authors/{weights}/final.pt"
+
+
 def eval_checkpoint(wildcards):
+    if wildcards.name in config["authors_weights"]:
+        return imported_pt(config["authors_weights"][wildcards.name]["weights"])
     return final_pt(config["evaluate"][wildcards.name])
 
 
 def eval_dataset(wildcards):
-    return config["evaluate"][wildcards.name]["dataset"]
+    table = config["authors_weights"] if wildcards.name in config["authors_weights"] else config["evaluate"]
+    return table[wildcards.name]["dataset"]
+
+
+def evaluations():
+    """Every evaluation's name: our trained models' and the authors' imported weights'."""
+    return [*config["evaluate"], *config["authors_weights"]]
 
 
 def eval_manifest(wildcards):
@@ -107,9 +132,15 @@ def paper_of_recipe(recipe):
     return PAPER_NAMES.get(key, key)
 
 
+# the recipe each of the authors' releases is imported as (pipeline_src/weights_import)
+AUTHORS_RECIPE = {"kpac_single_2level": "kpac", "kpac_single_3level": "kpac", "kpac_dual": "kpac_dual"}
+
+
 def paper_of_evaluation(wildcards):
     """Category of an evaluation's results; `evaluation` from report patterns, `name` from the rule."""
     name = wildcards.get("evaluation", wildcards.get("name"))
+    if name in config["authors_weights"]:
+        return paper_of_recipe(AUTHORS_RECIPE[config["authors_weights"][name]["weights"]])
     return paper_of_recipe(config["evaluate"][name]["recipe"])
 
 
@@ -123,7 +154,7 @@ def all_targets():
     targets += [f"data/patches/{d}" for d in config["datasets"]]
     targets += [final_pt(j) for j in config["train"].values()]
     targets += [f"data/bundles/{name}" for name in config["export"]]
-    if config["evaluate"]:
+    if evaluations():
         targets.append("data/report/results.md")
     targets += [
         f"data/engines/{name}/build-report-fp16.json" for name in config["export"]
@@ -138,7 +169,7 @@ onstart:
     from pipeline_src.tracking import PARENT_ENV, start_parent, tracking_enabled
 
     if not config["tracking"]:
-        # jobs read config/config.yaml, which a `--config tracking=false` does not reach
+        # jobs read config/params.yaml, which a `--config tracking=false` does not reach
         os.environ.update(PIPELINE_TRACKING="0")
     if tracking_enabled(config["tracking"]) and PARENT_ENV not in os.environ:
         os.environ[PARENT_ENV] = start_parent(f"snakemake/{config['preset']}")

@@ -11,6 +11,7 @@ rule evaluate:
         weights="data/weights/status.json",
     output:
         metrics="data/metrics/{name}.json",
+        record="data/metrics/{name}.record.json",
         per_image=report(
             "data/metrics/{name}.csv",
             caption="../report/per_image.rst",
@@ -18,7 +19,7 @@ rule evaluate:
             subcategory="{name}",
         ),
         images=report(
-            directory("data/metrics/{name}"),
+            directory("data/evaluate/{name}"),
             patterns=["{image}.png"],
             caption="../report/side_by_side.rst",
             category=paper_of_evaluation,
@@ -29,20 +30,34 @@ rule evaluate:
     benchmark:
         "benchmarks/evaluate/{name}.tsv"
     wildcard_constraints:
-        name=r"[A-Za-z0-9_-]+",
+        name=one_of(config["evaluate"]),
     threads: 2
     conda:
         "../../environment.yml"
     shell:
         "python -m pipeline_src evaluate --checkpoint {input.checkpoint} --manifest {input.manifest} "
-        "--split test --baselines --out {output.metrics} --per-image {output.per_image} "
-        "--images {output.images} > {log} 2>&1"
+        "--split test --baselines --out {output.metrics} --record {output.record} "
+        "--per-image {output.per_image} --images {output.images} > {log} 2>&1"
+
+
+# The authors' imported weights, evaluated exactly like our models (the report puts them side by side).
+use rule evaluate as evaluate_authors with:
+    input:
+        checkpoint=eval_checkpoint,
+        manifest=eval_manifest,
+        weights="data/weights/status.json",
+    log:
+        "logs/evaluate_authors/{name}.log",
+    benchmark:
+        "benchmarks/evaluate_authors/{name}.tsv"
+    wildcard_constraints:
+        name=one_of(config["authors_weights"]),
 
 
 rule report:
     input:
-        metrics=expand("data/metrics/{name}.json", name=config["evaluate"]),
-        per_image=expand("data/metrics/{name}.csv", name=config["evaluate"]),
+        records=expand("data/metrics/{name}.record.json", name=evaluations()),
+        per_image=expand("data/metrics/{name}.csv", name=evaluations()),
         published="config/published.yaml",
     output:
         results="data/report/results.md",

@@ -28,10 +28,12 @@ rule quantize:
         onnx="data/export/{name}/model.onnx",
         manifest=export_manifest,
         patches=export_patches,
+    # model_int8.onnx is written only when it passes the quality gate (quality.json says which): not an
+    # output either orchestrator can require; the bundle ships it when it is there
     output:
         fp16="data/export/{name}/model_fp16.onnx",
-        int8="data/export/{name}/model_int8.onnx",
         quality="data/export/{name}/quality.json",
+        metrics="data/metrics/export/{name}.json",
     log:
         "logs/quantize/{name}.log",
     benchmark:
@@ -43,7 +45,7 @@ rule quantize:
         "../../environment.yml"
     shell:
         "python -m pipeline_src quantize --onnx {input.onnx} --manifest {input.manifest} "
-        "--patches {params.train_patches} > {log} 2>&1"
+        "--patches {params.train_patches} --metrics {output.metrics} > {log} 2>&1"
 
 
 # Always in the DAG, so Snakemake and DVC hold the same jobs: the report is always written; the engine only
@@ -76,7 +78,6 @@ rule bundle:
     input:
         onnx="data/export/{name}/model.onnx",
         fp16="data/export/{name}/model_fp16.onnx",
-        int8="data/export/{name}/model_int8.onnx",
         quality="data/export/{name}/quality.json",
         manifest=export_manifest,
     output:

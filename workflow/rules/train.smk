@@ -12,7 +12,10 @@ rule train:
         patches="data/patches/{dataset}",
         weights="data/weights/status.json",
     output:
-        "data/runs/{recipe}/{dataset}/phase{phase}/final.pt",
+        final="data/runs/{recipe}/{dataset}/phase{phase}/final.pt",
+        summary="data/runs/{recipe}/{dataset}/phase{phase}/phase.json",
+        curves="data/metrics/train/{recipe}-{dataset}-phase{phase}.csv",
+        loss="data/metrics/loss/{recipe}-{dataset}-phase{phase}.csv",
     log:
         "logs/train/{recipe}/{dataset}/phase{phase}.log",
     benchmark:
@@ -31,4 +34,23 @@ rule train:
     shell:
         "python -m pipeline_src train --recipe {input.recipe} --phase {wildcards.phase} "
         "--dataset {wildcards.dataset} --manifest {input.manifest} --patches {input.patches} "
-        "--out {params.out} --preset {params.preset} --seed {params.seed} > {log} 2>&1"
+        "--out {params.out} --preset {params.preset} --seed {params.seed} --curves {output.curves} "
+        "--loss-curve {output.loss} > {log} 2>&1"
+
+
+# The authors' released weights (config `authors_weights`), imported exactly: a final.pt like a trained one.
+rule import_weights:
+    input:
+        weights="data/weights/status.json",
+    output:
+        final="data/runs/authors/{weights}/final.pt",
+        summary="data/runs/authors/{weights}/phase.json",
+    log:
+        "logs/import_weights/{weights}.log",
+    params:
+        file="data/weights/{weights}.npz",
+    conda:
+        "../../environment.yml"
+    shell:
+        "python -m pipeline_src import-weights {wildcards.weights} --file {params.file} --out {output.final} "
+        "> {log} 2>&1"
