@@ -209,6 +209,16 @@ def output_set(paths: Sequence[str | os.PathLike]) -> Iterator[dict[Path, Path]]
             tmp.unlink(missing_ok=True)
 
 
+def link_or_copy(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """A hard link where the file system allows one (no second copy of a 360 MB ONNX file), else a copy. Safe
+    because outputs are never rewritten in place: a later write renames a new file over the old name, and the
+    other link keeps the content it had."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
 # ----------------------------------------------------------------------------------------------- images
 class ImageReadError(DataError):
     """An image file that is missing, truncated or not decodable; the message names the file."""

@@ -252,7 +252,7 @@ def build_bundle(export_dir: str | os.PathLike, out: str | os.PathLike, cfg: dic
                  manifest: str | None = None) -> dict[str, Any]:
     """The stage's work: returns the manifest written to `out`/manifest.json."""
     from pipeline_src.export.onnx_export import onnx_metadata
-    from pipeline_src.fileio import atomic_dir, atomic_write_json, atomic_write_text, sha256_file
+    from pipeline_src.fileio import atomic_dir, atomic_write_json, atomic_write_text, link_or_copy, sha256_file
 
     export_dir = Path(export_dir)
     parity, ops, quality = (_read_json(export_dir / name) for name in REPORTS)
@@ -266,8 +266,8 @@ def build_bundle(export_dir: str | os.PathLike, out: str | os.PathLike, cfg: dic
     here = Path(__file__).resolve().parent
     names = (cfg["onnx"]["input_name"], cfg["onnx"]["output_name"])
     with atomic_dir(out) as tmp:
-        for name in (*variants.values(), *REPORTS):
-            shutil.copyfile(export_dir / name, tmp / name)
+        for name in (*variants.values(), *REPORTS):  # linked, not copied: the ONNX files are large
+            link_or_copy(export_dir / name, tmp / name)
         for bundle_name, source in SCRIPTS.items():
             shutil.copyfile(here / source, tmp / bundle_name)
             os.chmod(tmp / bundle_name, 0o755)

@@ -4,7 +4,8 @@ A phase (from config/models/<recipe>.yaml, resolved for a preset) names its loss
 optimiser, learning-rate schedule, batch, crop, augmentation, length, and whether it starts from the
 previous phase's weights. The runner:
   - seeds everything from (seed, phase) so a CPU run is reproducible bit for bit;
-  - resumes from `last.pt` when one is there (written every `ckpt_every` steps), including the data position
+  - resumes from `last.pt` when one is there (written every `ckpt_every` steps before the last, removed once the
+    phase's outputs are committed), including the data position
     and RNG states, so a run killed with SIGKILL ends with the same weights as one never interrupted — but only
     when everything that shapes the run is identical (resolved recipe and option, phase, dataset, seed, the
     data's content hashes, the starting weights, pretrained weights, world size, device type, precision);
@@ -398,7 +399,9 @@ def _run_phase(job: PhaseJob, dist: DistInfo) -> dict[str, Any]:
                     val = batch_io.validate(model, val_batches, device)
                     tracker.log_metrics(val, step)
                     curves.add_point(step, optimizer.param_groups[0]["lr"], val)
-                if dist.is_main and (step % every["ckpt_every"] == 0 or step == total_steps):
+                # not at the last step: the phase's outputs follow at once (a kill before they are committed
+                # resumes from the previous checkpoint and redoes the same steps)
+                if dist.is_main and step % every["ckpt_every"] == 0 and step < total_steps:
                     save_training_state(last_path, model=model, optimizer=optimizer, scaler=scaler, step=step,
                                         epoch=epoch, batch_in_epoch=batch_in_epoch, identity=identity,
                                         mlflow_run_id=tracker.run_id,
@@ -411,6 +414,8 @@ def _run_phase(job: PhaseJob, dist: DistInfo) -> dict[str, Any]:
         if not val:  # a validation lost with a kill between the last checkpoint and the end: it is deterministic
             val = batch_io.validate(model, val_batches, device)
         summary = _finish(job, model, phase, step, total_steps, val, init_info, tracker, final_path, dist, curves)
+        if dist.is_main:  # the phase is done: its resume state (model, optimiser, RNGs; 1 GB for ATTSF) is not needed
+            last_path.unlink(missing_ok=True)
     except BaseException:
         progress.close()
         tracker.end("KILLED" if isinstance(sys.exc_info()[1], KeyboardInterrupt) else "FAILED")

@@ -100,21 +100,27 @@ def _one_pixel_changed_copy(data, base):
     return {"manifest": base / "manifest.json", "patches": base / "patches"}
 
 
+def _killed_after_first_checkpoint(data, recipe, out, *extra):
+    """A run killed just after its step-2 checkpoint (commit 1), before its outputs (commit 2): leaves last.pt."""
+    r = cli(*train_args(data, recipe, out, 1, *extra), env={**NO_TRACKING, "PIPELINE_KILL_AT": "2"}, check=False)
+    assert r.returncode == -signal.SIGKILL and (out / "last.pt").exists() and not (out / "final.pt").exists()
+
+
 def test_resume_only_on_identical_configuration_and_data_else_start_over_and_say_why(defocus_data, tmp_path):
     """The stale-resume fault: a last.pt of another seed, recipe value or data must never be continued (an
     orchestrator reran the phase because something changed); an identical rerun resumes bit-identically."""
     recipe = write_recipe(tmp_path / "a.yaml", iterations=4, ckpt_every=2)
-    out = tmp_path / "run"
-    cli(*train_args(defocus_data, recipe, out), env=NO_TRACKING)
-    straight = _digest(out)
+    cli(*train_args(defocus_data, recipe, tmp_path / "straight"), env=NO_TRACKING)
+    straight = _digest(tmp_path / "straight")
+    assert not (tmp_path / "straight/last.pt").exists()  # a finished phase keeps no resume state
 
-    # identical rerun (final.pt deleted, as Snakemake and DVC do before rerunning a job): resumes at the end
-    (out / "final.pt").unlink()
+    out = tmp_path / "run"
+    _killed_after_first_checkpoint(defocus_data, recipe, out)
     r = cli(*train_args(defocus_data, recipe, out), env=NO_TRACKING)
-    assert "resuming" in r.stderr and "step 4/4" in r.stderr and _digest(out) == straight
-    assert json.loads((out / "phase.json").read_text())["validation"]["val/psnr"] > 0
+    assert "resuming" in r.stderr and "at step 2/4" in r.stderr and _digest(out) == straight
 
     def rerun(data, recipe_path, *extra):
+        _killed_after_first_checkpoint(defocus_data, recipe, out)  # a last.pt of the original configuration
         r = cli(*train_args(data, recipe_path, out, 1, *extra), env=NO_TRACKING)
         assert "resuming" not in r.stderr
         return r.stderr, _digest(out)
@@ -122,14 +128,13 @@ def test_resume_only_on_identical_configuration_and_data_else_start_over_and_say
     # one recipe value
     changed = write_recipe(tmp_path / "b.yaml", iterations=4, ckpt_every=2, optimizer={"name": "adam", "lr": 2e-4})
     why, digest = rerun(defocus_data, changed)
-    assert "starting phase 1 of b on synth over" in why and "phase_settings.optimizer.lr" in why
-    assert digest != straight
+    assert "starting phase 1 of b on synth over" in why and "phase_settings.optimizer.lr 0.0001 -> 0.0002" in why
     cli(*train_args(defocus_data, changed, tmp_path / "fresh-lr"), env=NO_TRACKING)
-    assert digest == _digest(tmp_path / "fresh-lr")  # exactly a fresh run: nothing of the old state mixed in
+    assert digest == _digest(tmp_path / "fresh-lr") != straight  # exactly a fresh run: nothing of the old mixed in
 
     # one seed (the train command's last --seed wins, as argparse does)
     why, digest = rerun(defocus_data, recipe, "--seed", "1")
-    assert "over:" in why and "seed 0 -> 1" in why and digest not in (straight,)
+    assert "over:" in why and "seed 0 -> 1" in why and digest != straight
 
     # one pixel of the data: the manifest hashes content, so the identity changes
     pixel = _one_pixel_changed_copy(defocus_data, tmp_path / "pixel")
@@ -140,20 +145,20 @@ def test_resume_only_on_identical_configuration_and_data_else_start_over_and_say
     assert digest == _digest(tmp_path / "fresh-pixel")
 
     # --restart forces a fresh start even on an identical configuration
-    (out / "final.pt").unlink()
-    r = cli(*train_args(pixel, recipe, out, 1, "--restart"), env=NO_TRACKING)
-    assert "over: --restart" in r.stderr and _digest(out) == _digest(tmp_path / "fresh-pixel")
+    why, digest = rerun(defocus_data, recipe, "--restart")
+    assert "over: --restart" in why and digest == straight
 
 
 def test_a_truncated_last_pt_is_set_aside_with_a_reason_and_the_phase_starts_over(defocus_data, tmp_path):
-    recipe = write_recipe(tmp_path / "a.yaml", iterations=2, ckpt_every=2)
+    recipe = write_recipe(tmp_path / "a.yaml", iterations=4, ckpt_every=2)
     out = tmp_path / "run"
-    cli(*train_args(defocus_data, recipe, out), env=NO_TRACKING)
-    digest = _digest(out)
+    _killed_after_first_checkpoint(defocus_data, recipe, out)
     data = (out / "last.pt").read_bytes()
     (out / "last.pt").write_bytes(data[: len(data) // 2])
     r = cli(*train_args(defocus_data, recipe, out), env=NO_TRACKING)
-    assert "over:" in r.stderr and "last.pt: unreadable training state" in r.stderr and _digest(out) == digest
+    assert "over:" in r.stderr and "last.pt: unreadable training state" in r.stderr
+    cli(*train_args(defocus_data, recipe, tmp_path / "fresh"), env=NO_TRACKING)
+    assert _digest(out) == _digest(tmp_path / "fresh")
 
 
 def test_ddp_with_two_cpu_processes_on_gloo(defocus_data, tmp_path):
