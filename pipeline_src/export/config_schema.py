@@ -37,7 +37,15 @@ EXPORT_SCHEMA: dict[str, Any] = {
                                                            "additionalProperties": {"type": "string", "minLength": 1}},
                                     "device_checked_qdq_ops": {"type": "array", "items": {"type": "string"}},
                                     "max_int8_drop_db": {"type": "number"}, "max_int8_mae_rise": {"type": "number"},
-                                    "max_test_images": {"type": ["integer", "null"], "minimum": 1}}},
+                                    "max_test_images": {"type": ["integer", "null"], "minimum": 1},
+                                    # counts a scale preset may lower (quantize --preset): never the gate
+                                    "presets": {"type": "object", "propertyNames": {"enum": ["smoke", "default", "paper"]},
+                                                "additionalProperties": {
+                                                    "type": "object", "additionalProperties": False,
+                                                    "properties": {"calibration_patches": POSITIVE_INT,
+                                                                   "calibration_batch": POSITIVE_INT,
+                                                                   "max_test_images": {"type": ["integer", "null"],
+                                                                                       "minimum": 1}}}}}},
         "tensorrt": {"type": "object",
                      "required": ["profile", "workspace_mib", "timing_cache_dir", "compare_images",
                                   "min_psnr_vs_onnxruntime_db"],

@@ -47,6 +47,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--max-int8-drop-db", type=float, help="largest INT8 PSNR drop accepted (default: config)")
     parser.add_argument("--calibration-patches", type=int, help="patches for INT8 calibration (default: config)")
     parser.add_argument("--max-test-images", type=int, help="score on the first N test images (default: config)")
+    parser.add_argument("--preset", choices=("smoke", "default", "paper"),
+                        help="scale preset: its counts in quantize.presets of the config (calibration patches)")
 
 
 # ------------------------------------------------------------------------------------------- calibration
@@ -322,6 +324,7 @@ def _log_to_mlflow(args, report: dict) -> None:
 
 def run(args) -> int:
     cfg = load_export_config(args.config)
+    cfg["quantize"].update((cfg["quantize"].get("presets") or {}).get(args.preset, {}) if args.preset else {})
     for key, value in (("max_int8_drop_db", args.max_int8_drop_db), ("calibration_patches", args.calibration_patches),
                        ("max_test_images", args.max_test_images)):
         if value is not None:

@@ -85,9 +85,10 @@ def test_int8_beyond_the_allowed_drop_is_refused_and_not_written(exported, tiny_
     cfg_path.write_text(EXPORT_CONFIG.read_text().replace("config/tensorrt_onnx_ops.yaml", str(OP_TABLE)))
     rc = cli_main(["quantize", "--onnx", str(exported / "model.onnx"), "--manifest", str(tiny_setup["manifest"]),
                    "--patches", str(tiny_setup["patches"]), "--out", str(tmp_path / "q"), "--config", str(cfg_path),
-                   "--calibration-patches", "8", "--max-int8-drop-db", "-1", "--metrics", str(tmp_path / "m.json")])
+                   "--preset", "smoke", "--max-int8-drop-db", "-1", "--metrics", str(tmp_path / "m.json")])
     assert rc == 0  # the gate's verdict is recorded, not an error: the bundle ships without INT8
     report = json.loads((tmp_path / "q" / "quality.json").read_text())
+    assert report["calibration"]["patches"] == 8  # the smoke preset's count (config/export.yaml quantize.presets)
     # the DVC metrics: flat numbers, the same figures as the report's
     numbers = json.loads((tmp_path / "m.json").read_text())
     assert numbers["int8.accepted"] == 0 and numbers["fp16.drop_db"] == report["variants"]["fp16"]["drop_db"]

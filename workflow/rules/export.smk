@@ -40,12 +40,13 @@ rule quantize:
         "benchmarks/quantize/{name}.tsv"
     params:
         train_patches=train_patches,
+        preset=config["preset"],
     threads: 2
     conda:
         "../../environment.yml"
     shell:
         "python -m pipeline_src quantize --onnx {input.onnx} --manifest {input.manifest} "
-        "--patches {params.train_patches} --metrics {output.metrics} > {log} 2>&1"
+        "--patches {params.train_patches} --metrics {output.metrics} --preset {params.preset} > {log} 2>&1"
 
 
 # Always in the DAG, so Snakemake and DVC hold the same jobs: the report is always written; the engine only
