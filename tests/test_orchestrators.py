@@ -11,8 +11,8 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
-def snakemake_jobs() -> dict[str, dict]:
-    r = subprocess.run([BIN / "snakemake", "-n", "-p", "--forceall", "--cores", "1", "all"], cwd=ROOT,
+def snakemake_jobs(root: Path = ROOT, *extra: str) -> dict[str, dict]:
+    r = subprocess.run([BIN / "snakemake", "-n", "-p", "--forceall", "--cores", "1", "all", *extra], cwd=root,
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
     jobs, cur = {}, None
@@ -37,15 +37,15 @@ def stage_command(shell: str, job: dict) -> str:
     return shell[: -len(redirect)]
 
 
-def dvc_stages() -> dict[str, dict]:
+def dvc_stages(root: Path = ROOT) -> dict[str, dict]:
     from dvc.repo import Repo
 
     stages = {}
-    with Repo(str(ROOT)) as repo:
+    with Repo(str(root)) as repo:
         for st in repo.index.stages:
             # the params files are DVC's params, not data inputs (Snakemake passes their values on the command line)
             deps = {str(d.def_path) for d in st.deps} - {"config/config.yaml", "config/params.yaml"}
-            stages[" ".join(st.cmd.split())] = {"stage": st.addressing.split("@")[0], "input": deps,
+            stages[" ".join(st.cmd.split())] = {"stage": st.name.split("@")[0], "input": deps,
                                                 "output": {str(o.def_path) for o in st.outs}}
     return stages
 
@@ -68,7 +68,12 @@ def covered(inputs: set[str], deps: set[str]) -> set[str]:
 
 
 def test_same_stage_families_inputs_and_outputs(graphs):
-    smk, dvc = graphs
+    same_jobs(*graphs)
+
+
+def same_jobs(smk: dict, dvc: dict) -> None:
+    assert set(smk) == set(dvc), (f"only in Snakemake: {sorted(set(smk) - set(dvc))}\n"
+                                  f"only in DVC: {sorted(set(dvc) - set(smk))}")
     for cmd, job in smk.items():
         stage = dvc[cmd]
         assert job["rule"] == stage["stage"], cmd

@@ -6,6 +6,9 @@ rule synthesize:
         directory("data/raw/{name}"),
     log:
         "logs/synthesize/{name}.log",
+    # only the synthetic sets: a real dataset under data/raw/ comes from `fetch` (or by hand), not from here
+    wildcard_constraints:
+        name=one_of(config["synthesize"]),
     params:
         kind=synth_kind,
         preset=config["preset"],
