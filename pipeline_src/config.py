@@ -138,7 +138,7 @@ def load_recipe(path: str | os.PathLike, preset: str, option: str | None = None)
     validate_schema(raw, SCHEMAS / "recipe.schema.yaml", str(path))
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    recipe = {k: v for k, v in raw.items() if k not in ("presets", "options")}
+    recipe = {k: v for k, v in raw.items() if k not in ("presets", "options", "budget_notes")}
     if option is not None:
         options = raw.get("options", {})
         if option not in options:
@@ -161,5 +161,6 @@ def load_recipe(path: str | os.PathLike, preset: str, option: str | None = None)
     validate_schema(recipe, SCHEMAS / "recipe.schema.yaml", f"{path} (resolved for preset {preset}, option {option})")
     recipe["preset"] = preset
     recipe["option"] = option
+    recipe["budget_note"] = raw.get("budget_notes", {}).get(preset)
     recipe["recipe_file"] = str(path)
     return recipe

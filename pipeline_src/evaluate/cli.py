@@ -114,6 +114,8 @@ def run(args: argparse.Namespace) -> int:
         # where the weights came from: trained here, or imported (the authors' release, with file and sha256)
         "weights_source": (record.get("provenance") or {}).get("source", "trained"),
         "provenance": record.get("provenance"),
+        # why this preset's budget cannot show the paper's quality (the recipe's budget_notes), for the report
+        "budget_note": (record.get("config") or {}).get("budget_note"),
     }
     tracker = _start_tracking(args, meta)
     try:

@@ -31,6 +31,7 @@ MISSING = "missing"
 RECORD_SUFFIX = ".record.json"  # evaluate's --record; its --out holds the same figures, numbers only
 ROW_KINDS = ("model", "input", "other")
 KIND_COLOURS = {"published": "#9e9e9e", "ours": "#1f77b4", "authors": "#2ca02c", "baseline": "#ff7f0e"}
+MIN_GAIN_DB = 0.3  # what a restoration model trained at the default budget should gain over its blurry input
 AUTHORS = "authors' release"  # weights_import.AUTHORS_RELEASE: the record's weights_source for imported weights
 _ENTRY_KEYS = {"paper", "recipe", "dataset", "protocol", "test_images", "source", "page", "rows"}
 _EVAL_KEYS = ("model", "baselines", "images", "name", "paper", "recipe", "dataset", "split", "task",
@@ -248,6 +249,12 @@ def _evaluation_table(doc: dict, entries: list[dict], authors: list[dict] = ()) 
     if not _is_authors(doc) and doc["preset"] != "paper":
         facts.append(f"ours was trained with the `{doc['preset']}` preset (phase {ck['phase']} ended at step "
                      f"{ck['step']}): a budget to show the pipeline working, not the paper's training")
+    gain = (doc["model"].get("psnr") or 0) - ((doc["baselines"].get("input") or {}).get("psnr") or 0)
+    if doc["task"] == "restoration" and "input" in doc["baselines"] and doc["model"].get("psnr") is not None:
+        facts.append(f"ours is {gain:+.2f} dB against the blurry input"
+                     + (f" (short of the {MIN_GAIN_DB} dB this preset aims at)" if gain < MIN_GAIN_DB else ""))
+    if doc.get("budget_note"):
+        facts.append(f"why, at this budget: {' '.join(doc['budget_note'].split())}")
     for e in entries:
         facts += _entry_facts(e)
         if e["dataset"] != doc["dataset"]:

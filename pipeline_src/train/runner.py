@@ -121,8 +121,9 @@ def resume_identity(job: PhaseJob, *, manifest_sha: str, patches_sha: str, init:
     as_json = (lambda v: json.loads(json.dumps(v, sort_keys=True, default=str)))
     return {
         # the recipe's own fields and this phase's (another phase's settings do not matter to this one, nor
-        # where the recipe file lies)
-        "recipe": as_json({k: v for k, v in job.recipe.items() if k not in ("phases", "recipe_file")}),
+        # where the recipe file lies, nor its notes)
+        "recipe": as_json({k: v for k, v in job.recipe.items()
+                           if k not in ("phases", "recipe_file", "budget_note")}),
         "phase": job.phase, "phase_settings": as_json(job.recipe["phases"][job.phase - 1]),
         "dataset": job.dataset, "seed": job.seed,
         "data": {"manifest_sha256": manifest_sha, "patches_meta_sha256": patches_sha},
