@@ -28,5 +28,9 @@ smoke: setup
 test: setup
 	. $(VENV)/bin/activate && python -m pytest -q
 
+## make test-fast: the edit loop's subset, without the tests marked slow (the real Snakemake/DVC/SLURM runs)
+test-fast: setup
+	. $(VENV)/bin/activate && python -m pytest -q -m "not slow"
+
 clean-data:
 	rm -rf data .snakemake mlflow.db mlflow.db.lock mlruns

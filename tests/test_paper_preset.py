@@ -10,7 +10,7 @@ import yaml
 
 from tests.data.test_manifest import make_cuhk_tree, make_dpdd_tree, make_gopro_tree
 from tests.test_orchestrators import dvc_stages, same_jobs, snakemake_jobs
-from tests.test_pipeline_e2e import BIN, copy_repo, env_for
+from tests.workspace import BIN, copy_repo, env_for
 
 PHASES = {"kpac": ("dpdd", 2), "kpac_dual": ("dpdd", 2), "attsf": ("dpdd", 3), "adnet": ("gopro", 1),
           "bianet": ("gopro", 1), "multianet": ("cuhk", 1)}

@@ -1,68 +1,24 @@
-"""The whole DAG on the smoke preset, run by the real Snakemake and the real DVC, each in a fresh copy of
-the repository (tracked and untracked-but-not-ignored files, as a clone plus local edits would hold)."""
+"""The smoke preset run by the real Snakemake (the whole DAG) and with the real DVC (a slice of the stage tables
+that holds every stage: recorded, pushed, pulled, then rebuilt as an experiment), each in a fresh copy of the
+repository (tests/workspace.py)."""
 import json
-import os
-import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
+from pipeline_src.fileio import sha256_file
+from tests.workspace import BIN, copy_repo, env_for, expected_outputs, keep_only, tables
 
 pytestmark = pytest.mark.slow
-
-
-def copy_repo(dest: Path) -> Path:
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=ROOT,
-                           capture_output=True, check=True).stdout.decode().split("\0")
-    for rel in filter(None, files):
-        src = ROOT / rel
-        if src.is_file():
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / rel)
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
-                ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "copy"]):
-        subprocess.run(cmd, cwd=dest, check=True)
-    return dest
-
-
-def env_for(ws: Path) -> dict:
-    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-            "MLFLOW_TRACKING_URI": f"sqlite:///{ws / 'mlflow.db'}", "PIPELINE_TRACKING": "1",
-            "DVC_NO_ANALYTICS": "1", "OMP_NUM_THREADS": "1"}
 
 
 def run(cmd, ws, timeout=900):
     r = subprocess.run(cmd, cwd=ws, env=env_for(ws), capture_output=True, text=True, timeout=timeout)
     assert r.returncode == 0, f"{' '.join(cmd)} failed:\n{r.stdout[-4000:]}\n{r.stderr[-6000:]}"
     return r
-
-
-def tables(ws: Path) -> dict:
-    import yaml
-
-    return yaml.safe_load((ws / "config/config.yaml").read_text())
-
-
-def expected_outputs(ws: Path) -> list[Path]:
-    cfg = tables(ws)
-    out = [ws / "data/weights/status.json"]
-    for d in cfg["datasets"]:
-        out += [ws / f"data/manifests/{d}.json", ws / f"data/patches/{d}/meta.json"]
-    for j in cfg["train"].values():
-        out.append(ws / f"data/runs/{j['recipe']}/{j['dataset']}/phase{j['phase']}/final.pt")
-        out.append(ws / f"data/metrics/train/{j['recipe']}-{j['dataset']}-phase{j['phase']}.csv")
-    for name in cfg["evaluate"]:
-        out += [ws / f"data/metrics/{name}.json", ws / f"data/metrics/{name}.record.json"]
-    if cfg["evaluate"]:
-        out.append(ws / "data/report/results.md")
-    for name in cfg["export"]:
-        out += [ws / f"data/export/{name}/model.onnx", ws / f"data/bundles/{name}/manifest.json",
-                ws / f"data/metrics/export/{name}.json"]
-    return out
 
 
 def check_logs_and_benchmarks(ws: Path) -> None:
@@ -123,38 +79,20 @@ def set_params(ws: Path, **values) -> None:
     params.write_text(text)
 
 
+SMOKE = ["--cores", "8", "all", "--config", "preset=smoke"]
+
+
+@pytest.mark.timeout(1800)  # the whole smoke DAG, a no-op second call, a report
 def test_snakemake_smoke_builds_the_dag_and_a_second_call_has_nothing_to_do(tmp_path):
     ws = copy_repo(tmp_path / "ws")
-    run([str(BIN / "snakemake"), "--cores", "8", "all", "--config", "preset=smoke"], ws)
+    run([str(BIN / "snakemake"), *SMOKE], ws)
     missing = [str(p.relative_to(ws)) for p in expected_outputs(ws) if not p.exists()]
     assert not missing, f"not built: {missing}"
 
-    again = run([str(BIN / "snakemake"), "--cores", "8", "all", "--config", "preset=smoke"], ws)
+    again = run([str(BIN / "snakemake"), *SMOKE], ws)
     assert "Nothing to be done" in again.stdout + again.stderr
     check_logs_and_benchmarks(ws)
     check_report(ws)
-
-    # DVC records what Snakemake built without recomputing anything, only with the parameters that built it
-    refused = subprocess.run([sys.executable, "-m", "pipeline_src", "dvc-commit"], cwd=ws, env=env_for(ws),
-                             capture_output=True, text=True)
-    assert refused.returncode == 2 and "built with preset=smoke, but preset: default" in refused.stderr
-    set_params(ws, preset="smoke")
-    run([sys.executable, "-m", "pipeline_src", "dvc-commit"], ws)
-    assert "up to date" in run([str(BIN / "dvc"), "status"], ws).stdout
-    check_metrics_are_few_numbers(ws)
-
-    # the README's flow on another machine: commit, push; clone, pull, touch -> Snakemake has nothing to do
-    remote = tmp_path / "remote"
-    run([str(BIN / "dvc"), "remote", "add", "-d", "store", str(remote)], ws)
-    for cmd in (["git", "add", "-A"], ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "run"]):
-        run(cmd, ws)
-    run([str(BIN / "dvc"), "push"], ws)
-    clone = tmp_path / "clone"
-    run(["git", "clone", "-q", str(ws), str(clone)], tmp_path)
-    run([str(BIN / "dvc"), "pull"], clone)
-    run([str(BIN / "snakemake"), "--touch", "--cores", "1", "all"], clone)
-    dry = run([str(BIN / "snakemake"), "-n", "--cores", "1", "all"], clone)
-    assert "Nothing to be done" in dry.stdout + dry.stderr, dry.stdout[-3000:]
 
     # MLflow: one parent run for the invocation; each training phase is a run nested under it
     from mlflow.tracking import MlflowClient
@@ -181,24 +119,64 @@ def test_snakemake_smoke_builds_the_dag_and_a_second_call_has_nothing_to_do(tmp_
     assert p2["init"]["state_digest"] == p1["final_state_digest"]
 
 
-def test_dvc_experiments_compare_numbers_and_a_new_seed_retrains_without_hand_deletion(tmp_path):
-    """`dvc exp run -S` on the smoke preset, then on another seed: the second run retrains every phase although the
-    first left its last.pt (an orchestrator reran the phase because the seed changed: it starts over, says why)."""
-    ws = copy_repo(tmp_path)
+@pytest.mark.timeout(1800)  # a slice of the DAG built by Snakemake, then rebuilt by a DVC experiment
+def test_dvc_records_snakemake_outputs_then_a_new_seed_experiment_retrains_without_hand_deletion(tmp_path):
+    """The README's DVC flow on a slice of the stage tables that holds every stage: `dvc-commit` records what
+    Snakemake built (only with the parameters that built it); push, clone, pull, and Snakemake has nothing to do;
+    `dvc exp run -S` with another seed then rebuilds every stage, starting over (and saying why) where an
+    interrupted run had left a last.pt of the first seed; `dvc exp show` compares the numbers."""
+    ws = copy_repo(tmp_path / "ws")
+    keep_only(ws, recipes={"kpac", "multianet"}, export={"kpac-synth-defocus"})
     config_before = (ws / "config/config.yaml").read_bytes()
-    run([str(BIN / "dvc"), "exp", "run", "-S", "config/params.yaml:preset=smoke"], ws)
-    missing = [str(p.relative_to(ws)) for p in expected_outputs(ws) if not p.exists()]
-    assert not missing, f"not built: {missing}"
+    run([str(BIN / "snakemake"), *SMOKE], ws)
+
+    refused = subprocess.run([sys.executable, "-m", "pipeline_src", "dvc-commit"], cwd=ws, env=env_for(ws),
+                             capture_output=True, text=True)
+    assert refused.returncode == 2 and "built with preset=smoke, but preset: default" in refused.stderr
+    set_params(ws, preset="smoke")
+    run([sys.executable, "-m", "pipeline_src", "dvc-commit"], ws)
     assert "up to date" in run([str(BIN / "dvc"), "status"], ws).stdout
-    assert (ws / "config/config.yaml").read_bytes() == config_before  # the stage tables keep their layout
-    assert "preset: smoke" in (ws / "config/params.yaml").read_text()
     check_metrics_are_few_numbers(ws)
     run([str(BIN / "dvc"), "plots", "show", "-o", "plots-html"], ws)
     html = (ws / "plots-html" / "index.html").read_text()
     assert '"val_score"' in html and '"train_loss"' in html and '"score"' in html
 
+    # on another machine: commit, push; clone, pull, touch -> Snakemake has nothing to do
+    run([str(BIN / "dvc"), "remote", "add", "-d", "store", str(tmp_path / "remote")], ws)
+    for cmd in (["git", "add", "-A"], ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "run"]):
+        run(cmd, ws)
+    run([str(BIN / "dvc"), "push"], ws)
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(ws), str(clone)], tmp_path)
+    run([str(BIN / "dvc"), "pull"], clone)
+    run([str(BIN / "snakemake"), "--touch", "--cores", "1", "all"], clone)
+    dry = run([str(BIN / "snakemake"), "-n", "--cores", "1", "all"], clone)
+    assert "Nothing to be done" in dry.stdout + dry.stderr, dry.stdout[-3000:]
+
+    runs = ws / "data/runs"
+    assert not list(runs.rglob("last.pt"))  # a finished phase keeps no resume state
+    digests = {p: sha256_file(p) for p in runs.rglob("final.pt")}
+
+    # the issue-9 fault: a phase interrupted after a checkpoint leaves a last.pt DVC knows nothing of, then the
+    # user changes the seed; the rerun must start over (and say why), never continue the seed-0 state
+    phase1 = runs / "kpac/synth-defocus/phase1"
+    interrupted = subprocess.run(
+        [sys.executable, "-m", "pipeline_src", "train", "--recipe", "config/models/kpac.yaml", "--phase", "1",
+         "--dataset", "synth-defocus", "--manifest", "data/manifests/synth-defocus.json",
+         "--patches", "data/patches/synth-defocus", "--out", str(phase1), "--preset", "smoke", "--seed", "0"],
+        cwd=ws, env={**env_for(ws), "PIPELINE_TRACKING": "0", "PIPELINE_KILL_AT": "2"}, capture_output=True)
+    assert interrupted.returncode == -signal.SIGKILL and (phase1 / "last.pt").exists()
+
     second = run([str(BIN / "dvc"), "exp", "run", "-S", "config/params.yaml:seed=1"], ws)
-    assert "seed 0 -> 1" in second.stdout + second.stderr
+    said = second.stdout + second.stderr
+    assert "starting phase 1 of kpac on synth-defocus over:" in said and "seed 0 -> 1" in said
+    assert not list(runs.rglob("last.pt"))
+    assert all(sha256_file(p) != digest for p, digest in digests.items()), "a phase kept its seed-0 weights"
+    assert all(json.loads((p.parent / "phase.json").read_text())["seed"] == 1 for p in digests)
+    assert "up to date" in run([str(BIN / "dvc"), "status"], ws).stdout
+    assert (ws / "config/config.yaml").read_bytes() == config_before  # the stage tables keep their layout
+    assert "seed: 1" in (ws / "config/params.yaml").read_text()
+
     shown = json.loads(run([str(BIN / "dvc"), "exp", "show", "--json"], ws).stdout)
     experiments = [e for commit in shown for e in ([commit] + [x for x in commit.get("experiments") or []])]
     numbers = []

@@ -1,6 +1,7 @@
 """SLURM: the `slurm` extra keeps every pin; the profile (workflow/profiles/slurm) asks for partitions, GPUs and
-memory from its settings; and the smoke DAG runs through a real one-node SLURM cluster (Debian's slurm-wlm and
-munge, no accounting daemon) to "Nothing to be done", with its MLflow runs on a real `mlflow server`.
+memory from its settings; and a slice of the smoke DAG that holds every rule runs through a real one-node SLURM
+cluster (Debian's slurm-wlm and munge, no accounting daemon) to "Nothing to be done", with its MLflow runs on a
+real `mlflow server`.
 
 The plugin comes from `pip install .[slurm]`, which `make test` (and so CI) installs."""
 import os
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.slurm_cluster import PARTITIONS, daemon_logs, mlflow_server, one_node_cluster
-from tests.test_pipeline_e2e import copy_repo, expected_outputs
+from tests.workspace import copy_repo, expected_outputs, keep_only
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -95,6 +96,7 @@ def squeue_records(env: dict) -> list[dict]:
 @pytest.mark.timeout(1800)  # a few minutes on an idle 2-core machine; the margin is for a busy one
 def test_smoke_dag_through_a_one_node_slurm_cluster_to_nothing_to_be_done(tmp_path):
     ws = copy_repo(tmp_path / "ws")
+    keep_only(ws, recipes={"kpac"}, export={"kpac-synth-defocus"})  # every rule; the whole DAG is the e2e test's
     with one_node_cluster(tmp_path / "cluster") as cluster_env, mlflow_server(tmp_path / "mlflow", BIN) as uri:
         # as a cluster user has it: the plugin's venv first on PATH, MLflow on a server, the cluster's settings
         env = {**cluster_env, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "MLFLOW_TRACKING_URI": uri,

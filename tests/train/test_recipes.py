@@ -26,7 +26,6 @@ from pipeline_src.models.attsf import ATTSF
 from pipeline_src.models.bianet import BiANet
 from pipeline_src.models.multianet import MultiANet
 from pipeline_src.train.optim import build_optimizer
-from pipeline_src.train.sampler import batches_per_epoch
 from pipeline_src.train.schedules import build_schedule
 
 from .conftest import ROOT, cli
@@ -306,10 +305,6 @@ def train(data: dict, recipe: Path, out: Path, phase: int = 1, option: str | Non
     return json.loads((out / "phase.json").read_text())
 
 
-def train_patch_count(patches: Path) -> int:
-    return json.loads((patches / "meta.json").read_text())["splits"]["train"]["count"]
-
-
 def check_run(summary: dict, out: Path, recipe: dict, phase: int, steps: int) -> None:
     spec = recipe["phases"][phase - 1]
     assert summary["steps"] == summary["total_steps"] == steps
@@ -348,9 +343,9 @@ def test_attsf_three_smoke_phases_at_reduced_width(defocus_data, tmp_path):
     recipe = load_recipe(copy, "smoke")
     runs = tmp_path / "runs"
     summaries = [train(defocus_data, copy, runs / f"phase{k}", k) for k in (1, 2, 3)]
-    n = train_patch_count(defocus_data["patches"])   # `sampling: windows`: an epoch is a pass over the windows
-    for i, summary in enumerate(summaries):  # one epoch each: the recipe's smoke length
-        steps = batches_per_epoch(n, recipe["phases"][i]["batch_size"])
+    for i, summary in enumerate(summaries):  # the recipe's smoke length: a fixed step count per phase
+        steps = recipe["phases"][i]["length"]["iterations"]
+        assert steps == 1
         check_run(summary, runs / f"phase{i + 1}", recipe, i + 1, steps=steps)
     for before, after in zip(summaries, summaries[1:]):
         assert after["init"]["mode"] == "previous" and after["init"]["state_digest"] == before["final_state_digest"]
