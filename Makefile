@@ -24,13 +24,14 @@ run: setup
 smoke: setup
 	. $(VENV)/bin/activate && snakemake --cores 8 all --config preset=smoke
 
-## make test: set up, then run the test suite (CPU only; GPU/TensorRT tests skip with their reason)
+## make test: set up, then run the test suite (CPU only; GPU/TensorRT tests skip with their reason). Two workers:
+## most tests wait on child processes (Snakemake, DVC, stage CLIs), so two overlap well even on two cores.
 test: setup
-	. $(VENV)/bin/activate && python -m pytest -q
+	. $(VENV)/bin/activate && python -m pytest -q -n 2
 
 ## make test-fast: the edit loop's subset, without the tests marked slow (the real Snakemake/DVC/SLURM runs)
 test-fast: setup
-	. $(VENV)/bin/activate && python -m pytest -q -m "not slow"
+	. $(VENV)/bin/activate && python -m pytest -q -n 2 -m "not slow"
 
 clean-data:
 	rm -rf data .snakemake mlflow.db mlflow.db.lock mlruns
