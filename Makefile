@@ -25,7 +25,7 @@ smoke: setup
 	. $(VENV)/bin/activate && snakemake --cores 8 all --config preset=smoke
 
 ## make test: set up, then run the test suite (CPU only; GPU/TensorRT tests skip with their reason). Two workers:
-## most tests wait on child processes (Snakemake, DVC, stage CLIs), so two overlap well even on two cores.
+## the SLURM test mostly waits on its scheduler, and the end-to-end runs start first, one per worker.
 test: setup
 	. $(VENV)/bin/activate && python -m pytest -q -n 2
 

@@ -15,7 +15,7 @@ from tests.workspace import BIN, copy_repo, env_for, expected_outputs, keep_only
 pytestmark = pytest.mark.slow
 
 
-def run(cmd, ws, timeout=900):
+def run(cmd, ws, timeout=1700):  # generous: under `-n 2` another end-to-end test shares the CPU
     r = subprocess.run(cmd, cwd=ws, env=env_for(ws), capture_output=True, text=True, timeout=timeout)
     assert r.returncode == 0, f"{' '.join(cmd)} failed:\n{r.stdout[-4000:]}\n{r.stderr[-6000:]}"
     return r
@@ -82,7 +82,7 @@ def set_params(ws: Path, **values) -> None:
 SMOKE = ["--cores", "8", "all", "--config", "preset=smoke"]
 
 
-@pytest.mark.timeout(1800)  # the whole smoke DAG, a no-op second call, a report
+@pytest.mark.timeout(2700)  # the whole smoke DAG, a no-op second call, a report
 def test_snakemake_smoke_builds_the_dag_and_a_second_call_has_nothing_to_do(tmp_path):
     ws = copy_repo(tmp_path / "ws")
     run([str(BIN / "snakemake"), *SMOKE], ws)
@@ -119,7 +119,7 @@ def test_snakemake_smoke_builds_the_dag_and_a_second_call_has_nothing_to_do(tmp_
     assert p2["init"]["state_digest"] == p1["final_state_digest"]
 
 
-@pytest.mark.timeout(1800)  # a slice of the DAG built by Snakemake, then rebuilt by a DVC experiment
+@pytest.mark.timeout(2700)  # a slice of the DAG built by Snakemake, then rebuilt by a DVC experiment
 def test_dvc_records_snakemake_outputs_then_a_new_seed_experiment_retrains_without_hand_deletion(tmp_path):
     """The README's DVC flow on a slice of the stage tables that holds every stage: `dvc-commit` records what
     Snakemake built (only with the parameters that built it); push, clone, pull, and Snakemake has nothing to do;
