@@ -13,6 +13,6 @@ def _isolated_tracking(tmp_path_factory):
 
 
 def pytest_collection_modifyitems(config, items):
-    # The end-to-end runs (marked slow) first: under `-n 2` (make test) each starts at once on a worker while the
-    # other worker takes the short tests, instead of two of them meeting at the end.
+    # The end-to-end runs (marked slow) first: under `-n 2` (make test) they start at once, one per worker, and the
+    # short tests fill in behind them, rather than a long run starting last and setting the suite's end.
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from pipeline_src.fileio import sha256_file
-from tests.workspace import BIN, copy_repo, env_for, expected_outputs, keep_only, tables
+from tests.workspace import BIN, commit, copy_repo, env_for, expected_outputs, keep_only, tables
 
 pytestmark = pytest.mark.slow
 
@@ -143,8 +143,7 @@ def test_dvc_records_snakemake_outputs_then_a_new_seed_experiment_retrains_witho
 
     # on another machine: commit, push; clone, pull, touch -> Snakemake has nothing to do
     run([str(BIN / "dvc"), "remote", "add", "-d", "store", str(tmp_path / "remote")], ws)
-    for cmd in (["git", "add", "-A"], ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "run"]):
-        run(cmd, ws)
+    commit(ws, "run")
     run([str(BIN / "dvc"), "push"], ws)
     clone = tmp_path / "clone"
     run(["git", "clone", "-q", str(ws), str(clone)], tmp_path)

@@ -23,10 +23,14 @@ def copy_repo(dest: Path) -> Path:
         if src.is_file():
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / rel)
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
-                ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "copy"]):
-        subprocess.run(cmd, cwd=dest, check=True)
+    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
+    commit(dest, "copy")
     return dest
+
+
+def commit(ws: Path, message: str) -> None:
+    for cmd in (["git", "add", "-A"], ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", message]):
+        subprocess.run(cmd, cwd=ws, check=True)
 
 
 def env_for(ws: Path) -> dict:
@@ -51,8 +55,7 @@ def keep_only(ws: Path, recipes: set[str], export: set[str]) -> None:
     cfg["datasets"] = {k: v for k, v in cfg["datasets"].items() if k in used}
     cfg["synthesize"] = {k: v for k, v in cfg["synthesize"].items() if k in used}
     (ws / "config/config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    for cmd in (["git", "add", "-A"], ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "slice"]):
-        subprocess.run(cmd, cwd=ws, check=True)
+    commit(ws, "slice")
 
 
 def expected_outputs(ws: Path) -> list[Path]:
