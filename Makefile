@@ -4,6 +4,9 @@ VENV    := .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 PYTHON  ?= python3
+# One job slot per core: every stage runs torch/ONNX Runtime on 2 threads, so more slots than cores only make jobs
+# slow each other (the README's "Measured figures" has the comparison). `make run CORES=8` on a bigger machine.
+CORES   ?= $(shell nproc)
 
 .PHONY: setup run smoke test test-fast clean-data
 
@@ -18,11 +21,11 @@ $(STAMP): pyproject.toml
 
 ## make run: set up, then build everything on the embedded default (synthetic data, CPU-sized)
 run: setup
-	. $(VENV)/bin/activate && snakemake --cores 8 all
+	. $(VENV)/bin/activate && snakemake --cores $(CORES) all
 
 ## make smoke: the same DAG in seconds
 smoke: setup
-	. $(VENV)/bin/activate && snakemake --cores 8 all --config preset=smoke
+	. $(VENV)/bin/activate && snakemake --cores $(CORES) all --config preset=smoke
 
 ## make test: set up, then run the test suite (CPU only; GPU/TensorRT tests skip with their reason). Two workers:
 ## the SLURM test mostly waits on its scheduler, and the end-to-end runs start first, one per worker.
