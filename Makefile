@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 PYTHON  ?= python3
 # One job slot per core: every stage runs torch/ONNX Runtime on 2 threads, so more slots than cores only make jobs
 # slow each other (the README's "Measured figures" has the comparison). `make run CORES=8` on a bigger machine.
-CORES   ?= $(shell nproc)
+CORES   ?= $(shell nproc 2>/dev/null || sysctl -n hw.ncpu)
 
 .PHONY: setup run smoke test test-fast clean-data
 
@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 run: setup
 	. $(VENV)/bin/activate && snakemake --cores $(CORES) all
 
-## make smoke: the same DAG in seconds
+## make smoke: the same DAG at the smoke preset (minutes; see the README)
 smoke: setup
 	. $(VENV)/bin/activate && snakemake --cores $(CORES) all --config preset=smoke
 
