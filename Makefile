@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 PYTHON  ?= python3
 # One job slot per core: every stage runs torch/ONNX Runtime on 2 threads, so more slots than cores only make jobs
 # slow each other (the README's "Measured figures" has the comparison). `make run CORES=8` on a bigger machine.
-CORES   ?= $(shell nproc 2>/dev/null || sysctl -n hw.ncpu)
+CORES   ?= $(shell nproc 2>/dev/null || sysctl -n hw.ncpu 2>/dev/null || echo 1)
 
 .PHONY: setup run smoke test test-fast clean-data
 
