@@ -136,19 +136,19 @@ def one_node_cluster(root: Path, cpus: int = 8, mem_mb: int = 8000) -> Iterator[
     # Unix socket paths stop at 108 bytes: slurmd's step sockets (SlurmdSpoolDir) and munge's socket live in a
     # short folder of their own, as a pytest-xdist tmp_path (…/popen-gw1/…) is too long for them.
     sockets = Path(tempfile.mkdtemp(prefix="slurm-"))
-    for d in ("munge", "state", "run", "log"):
-        (root / d).mkdir(parents=True, exist_ok=True)
-        (root / d).chmod(0o700)
-    (sockets / "spool").mkdir(mode=0o700)
-    key = root / "munge" / "munge.key"
-    key.write_bytes(os.urandom(1024))
-    key.chmod(0o400)
     conf = root / "slurm.conf"
-    conf.write_text(slurm_conf(root, sockets, user, cpus, mem_mb, free_port(), free_port()))
-    env = {**os.environ, "SLURM_CONF": str(conf)}
-    link_etc_conf(conf)
     procs: dict[str, subprocess.Popen] = {}
-    try:
+    try:  # from here on, whatever fails leaves nothing behind (the socket folder included)
+        for d in ("munge", "state", "run", "log"):
+            (root / d).mkdir(parents=True, exist_ok=True)
+            (root / d).chmod(0o700)
+        (sockets / "spool").mkdir(mode=0o700)
+        key = root / "munge" / "munge.key"
+        key.write_bytes(os.urandom(1024))
+        key.chmod(0o400)
+        conf.write_text(slurm_conf(root, sockets, user, cpus, mem_mb, free_port(), free_port()))
+        env = {**os.environ, "SLURM_CONF": str(conf)}
+        link_etc_conf(conf)
         procs["munged"] = subprocess.Popen(
             ["munged", "--foreground", "--force", f"--key-file={key}", f"--socket={sockets}/munge.socket",
              f"--pid-file={root}/munge/munged.pid", f"--log-file={root}/log/munged.log",

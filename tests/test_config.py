@@ -60,3 +60,20 @@ def test_unknown_option_and_preset_are_refused():
         load_recipe(ROOT / "config/models/kpac.yaml", "paper", option="nope")
     with pytest.raises(ConfigError, match="smoke"):
         load_recipe(ROOT / "config/models/kpac.yaml", "tiny")
+
+
+def test_the_adnet_budget_probe_is_adnet_with_only_its_stated_changes():
+    """config/probes/adnet_budget.yaml backs ADNet's budget note: it must stay the ADNet recipe with a 10x learning
+    rate and a longer default preset of smaller crops, nothing else (a drifted probe would back nothing)."""
+    recipe = load_recipe(ROOT / "config/models/adnet.yaml", "default")
+    probe = load_recipe(ROOT / "config/probes/adnet_budget.yaml", "default")
+    r, p = recipe["phases"][0], probe["phases"][0]
+    assert p["optimizer"]["lr"] == 10 * r["optimizer"]["lr"]
+    assert (p["length"], p["crop"], r["crop"]) == ({"iterations": 1000}, 32, 64)
+    changed = {"optimizer", "length", "crop", "val_every"}
+    assert {k: v for k, v in p.items() if k not in changed} == {k: v for k, v in r.items() if k not in changed}
+    assert {k: v for k, v in p["optimizer"].items() if k != "lr"} == {k: v for k, v in r["optimizer"].items()
+                                                                      if k != "lr"}
+    same = ("paper", "model", "protocol")
+    assert [probe[k] for k in same] == [recipe[k] for k in same]
+    assert "config/probes/adnet_budget.yaml" in recipe["budget_note"]

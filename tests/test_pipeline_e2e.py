@@ -2,6 +2,7 @@
 that holds every stage: recorded, pushed, pulled, then rebuilt as an experiment), each in a fresh copy of the
 repository (tests/workspace.py)."""
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -79,7 +80,10 @@ def set_params(ws: Path, **values) -> None:
     params.write_text(text)
 
 
-SMOKE = ["--cores", "8", "all", "--config", "preset=smoke"]
+# Under `make test`'s two workers each end-to-end run gets half the machine: every stage runs torch on 2 threads,
+# and more job slots than cores make those threads slow each other (the README's "Measured figures").
+CORES = str(max(1, (os.cpu_count() or 2) // 2))
+SMOKE = ["--cores", CORES, "all", "--config", "preset=smoke"]
 
 
 @pytest.mark.timeout(2700)  # the whole smoke DAG, a no-op second call, a report

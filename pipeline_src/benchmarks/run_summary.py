@@ -3,8 +3,9 @@
     python -m pipeline_src run-summary [--benchmarks benchmarks] [--data data] [--top 12] [--out FILE.json]
 
 Reads every `benchmarks/<rule>/<wildcards>.tsv` (Snakemake's `benchmark:`: wall seconds, peak resident memory,
-CPU seconds) and sizes every folder of `data/` (bytes on disk, hard links counted once). Prints Markdown: the
-slowest jobs, the jobs with the largest peak memory, time per rule, disk per folder; `--out` writes the same
+CPU seconds) and sizes every folder of `data/` (bytes on disk, each file once per folder, with the part that is
+hard links shared with another folder, and a total that counts each file once). Prints Markdown: the slowest
+jobs, the jobs with the largest peak memory, time per rule, disk per folder; `--out` writes the same
 figures as JSON. Every run's jobs are summarised as they were last run (a job Snakemake skipped keeps its
 previous benchmark).
 """
@@ -41,18 +42,24 @@ def read_benchmarks(root: Path) -> list[dict]:
     return jobs
 
 
-def folder_sizes(data: Path) -> dict[str, int]:
-    """Bytes per top folder of `data`, each inode once (the bundle's hard links do not count twice)."""
-    sizes: dict[str, int] = {}
+def folder_sizes(data: Path) -> dict[str, dict[str, int]]:
+    """Per top folder of `data`: `bytes` on disk (each inode once, as `du` of that folder alone says) and `shared`,
+    the part of it that is hard links to files of another folder (the bundles link the export's ONNX files); the
+    key `total` counts every inode once across `data`."""
+    inodes: dict[str, dict[tuple[int, int], int]] = {}
     for top in sorted(p for p in data.iterdir() if p.is_dir()):
-        seen, total = set(), 0
-        for dirpath, _, files in os.walk(top):
-            for name in files:
+        files = inodes[top.name] = {}
+        for dirpath, _, names in os.walk(top):
+            for name in names:
                 st = os.lstat(os.path.join(dirpath, name))
-                if (st.st_dev, st.st_ino) not in seen:
-                    seen.add((st.st_dev, st.st_ino))
-                    total += st.st_blocks * 512
-        sizes[top.name] = total
+                files[(st.st_dev, st.st_ino)] = st.st_blocks * 512
+    sizes = {}
+    for name, files in inodes.items():
+        elsewhere = set().union(*(other for o, other in inodes.items() if o != name))
+        sizes[name] = {"bytes": sum(files.values()),
+                       "shared": sum(size for key, size in files.items() if key in elsewhere)}
+    everything = {key: size for files in inodes.values() for key, size in files.items()}
+    sizes["total"] = {"bytes": sum(everything.values()), "shared": 0}
     return sizes
 
 
@@ -79,8 +86,12 @@ def markdown(s: dict) -> str:
             "|---|---:|---:|---:|---:|"]
     out += [f"| {rule} | {r['jobs']} | {r['wall_s']:.0f} | {r['cpu_s']:.0f} | {r['max_rss_mb']:.0f} |"
             for rule, r in s["per_rule"].items()]
-    out += ["", "| data/ folder | on disk (MiB) |", "|---|---:|"]
-    out += [f"| {name} | {size / 2**20:.1f} |" for name, size in s["disk_bytes"].items()]
+    out += ["", "| data/ folder | on disk (MiB) | of which hard links shared with another folder (MiB) |",
+            "|---|---:|---:|"]
+    out += [f"| {name} | {size['bytes'] / 2**20:.1f} | {size['shared'] / 2**20:.1f} |"
+            for name, size in s["disk_bytes"].items() if name != "total"]
+    if "total" in s["disk_bytes"]:
+        out += [f"| all of data/, each file once | {s['disk_bytes']['total']['bytes'] / 2**20:.1f} | |"]
     return "\n".join(out) + "\n"
 
 
