@@ -80,9 +80,9 @@ def set_params(ws: Path, **values) -> None:
     params.write_text(text)
 
 
-# Under `make test`'s two workers each end-to-end run gets half the machine: every stage runs torch on 2 threads,
-# and more job slots than cores make those threads slow each other (the README's "Measured figures").
-CORES = str(max(1, (os.cpu_count() or 2) // 2))
+# One job slot per core, as `make run` gives: more slots than cores only make the jobs slow each other (the README's
+# "Measured figures"), and under `make test` the other worker's tests share the cores too.
+CORES = str(os.cpu_count() or 1)
 SMOKE = ["--cores", CORES, "all", "--config", "preset=smoke"]
 
 
