@@ -42,10 +42,10 @@ def read_benchmarks(root: Path) -> list[dict]:
     return jobs
 
 
-def folder_sizes(data: Path) -> dict[str, dict[str, int]]:
+def folder_sizes(data: Path) -> tuple[dict[str, dict[str, int]], int]:
     """Per top folder of `data`: `bytes` on disk (each inode once, as `du` of that folder alone says) and `shared`,
-    the part of it that is hard links to files of another folder (the bundles link the export's ONNX files); the
-    key `total` counts every inode once across `data`."""
+    the part of it that is hard links to files of another folder (the bundles link the export's ONNX files); and
+    the bytes of all of `data`, each inode once."""
     inodes: dict[str, dict[tuple[int, int], int]] = {}
     for top in sorted(p for p in data.iterdir() if p.is_dir()):
         files = inodes[top.name] = {}
@@ -59,11 +59,10 @@ def folder_sizes(data: Path) -> dict[str, dict[str, int]]:
         sizes[name] = {"bytes": sum(files.values()),
                        "shared": sum(size for key, size in files.items() if key in elsewhere)}
     everything = {key: size for files in inodes.values() for key, size in files.items()}
-    sizes["total"] = {"bytes": sum(everything.values()), "shared": 0}
-    return sizes
+    return sizes, sum(everything.values())
 
 
-def summarise(jobs: list[dict], sizes: dict[str, int], top: int) -> dict:
+def summarise(jobs: list[dict], sizes: dict[str, dict[str, int]], total_bytes: int, top: int) -> dict:
     per_rule = defaultdict(lambda: {"jobs": 0, "wall_s": 0.0, "cpu_s": 0.0, "max_rss_mb": 0.0})
     for j in jobs:
         r = per_rule[j["rule"]]
@@ -74,7 +73,7 @@ def summarise(jobs: list[dict], sizes: dict[str, int], top: int) -> dict:
     return {"slowest": sorted(jobs, key=lambda j: -j["wall_s"])[:top],
             "largest_memory": sorted(jobs, key=lambda j: -j["max_rss_mb"])[:top],
             "per_rule": dict(sorted(per_rule.items(), key=lambda kv: -kv[1]["wall_s"])),
-            "disk_bytes": sizes}
+            "disk_bytes": sizes, "disk_total_bytes": total_bytes}
 
 
 def markdown(s: dict) -> str:
@@ -89,9 +88,8 @@ def markdown(s: dict) -> str:
     out += ["", "| data/ folder | on disk (MiB) | of which hard links shared with another folder (MiB) |",
             "|---|---:|---:|"]
     out += [f"| {name} | {size['bytes'] / 2**20:.1f} | {size['shared'] / 2**20:.1f} |"
-            for name, size in s["disk_bytes"].items() if name != "total"]
-    if "total" in s["disk_bytes"]:
-        out += [f"| all of data/, each file once | {s['disk_bytes']['total']['bytes'] / 2**20:.1f} | |"]
+            for name, size in s["disk_bytes"].items()]
+    out += [f"| all of data/, each file once | {s['disk_total_bytes'] / 2**20:.1f} | |"]
     return "\n".join(out) + "\n"
 
 
@@ -102,8 +100,8 @@ def run(args: argparse.Namespace) -> int:
         raise DataError(f"{args.benchmarks}: no benchmark folder; run the DAG with Snakemake first (its rules write "
                         "benchmarks/<rule>/...tsv)")
     jobs = read_benchmarks(args.benchmarks)
-    sizes = folder_sizes(args.data) if args.data.is_dir() else {}
-    summary = summarise(jobs, sizes, args.top)
+    sizes, total_bytes = folder_sizes(args.data) if args.data.is_dir() else ({}, 0)
+    summary = summarise(jobs, sizes, total_bytes, args.top)
     sys.stdout.write(markdown(summary))
     if args.out:
         atomic_write_json(args.out, summary)
