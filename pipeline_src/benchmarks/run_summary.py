@@ -15,7 +15,7 @@ import argparse
 import csv
 import os
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 from pipeline_src.errors import DataError
@@ -53,11 +53,10 @@ def folder_sizes(data: Path) -> tuple[dict[str, dict[str, int]], int]:
             for name in names:
                 st = os.lstat(os.path.join(dirpath, name))
                 files[(st.st_dev, st.st_ino)] = st.st_blocks * 512
-    sizes = {}
-    for name, files in inodes.items():
-        elsewhere = set().union(*(other for o, other in inodes.items() if o != name))
-        sizes[name] = {"bytes": sum(files.values()),
-                       "shared": sum(size for key, size in files.items() if key in elsewhere)}
+    folders_of = Counter(key for files in inodes.values() for key in files)
+    sizes = {name: {"bytes": sum(files.values()),
+                    "shared": sum(size for key, size in files.items() if folders_of[key] > 1)}
+             for name, files in inodes.items()}
     everything = {key: size for files in inodes.values() for key, size in files.items()}
     return sizes, sum(everything.values())
 
