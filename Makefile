@@ -32,9 +32,10 @@ smoke: setup
 test: setup
 	. $(VENV)/bin/activate && python -m pytest -q -n 2
 
-## make test-fast: the edit loop's subset, without the tests marked slow (the real Snakemake/DVC/SLURM runs)
+## make test-fast: the edit loop's subset, without the tests marked slow (the real Snakemake/DVC/SLURM runs) or
+## repeated_runs (the kill, resume and parallel-MLflow tests, which run stage commands many times over)
 test-fast: setup
-	. $(VENV)/bin/activate && python -m pytest -q -n 2 -m "not slow"
+	. $(VENV)/bin/activate && python -m pytest -q -n 2 -m "not slow and not repeated_runs"
 
 clean-data:
 	rm -rf data .snakemake mlflow.db mlflow.db.lock mlruns

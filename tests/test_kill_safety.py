@@ -18,6 +18,9 @@ import pytest
 
 from tests.train.conftest import write_recipe
 
+# Each test runs the stage once per commit point, and again after each kill: make test, not make test-fast.
+pytestmark = pytest.mark.repeated_runs
+
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {"PIPELINE_TRACKING": "0", "OMP_NUM_THREADS": "1"}
 MAX_KILLS = 12

@@ -12,6 +12,9 @@ import pytest
 
 from tests.export.conftest import EXPORT_CONFIG, OP_TABLE, REPO
 
+# Each test runs the stage once per commit point, and again after each kill: make test, not make test-fast.
+pytestmark = pytest.mark.repeated_runs
+
 # The stage in a fresh interpreter, with the tests' tiny models registered (importing conftest registers them).
 RUN_STAGE = "import sys; import tests.export.conftest; from pipeline_src.cli import main; sys.exit(main(sys.argv[1:]))"
 EXPORT_SET = ["parity.json", "ops.json", "model.onnx"]             # commit order; the marker last

@@ -7,6 +7,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 import torch
 
 from pipeline_src.fileio import sha256_file
@@ -45,6 +46,7 @@ def test_phase2_without_phase1_weights_says_which_file_is_missing(defocus_data, 
     assert r.returncode != 0 and "phase1/final.pt" in r.stderr
 
 
+@pytest.mark.repeated_runs
 def test_killed_run_resumes_and_ends_with_the_same_weights(defocus_data, tmp_path):
     recipe = write_recipe(tmp_path / "tiny.yaml", iterations=24, ckpt_every=4)
     cli(*train_args(defocus_data, recipe, tmp_path / "straight"), env=NO_TRACKING)
@@ -106,6 +108,7 @@ def _killed_after_first_checkpoint(data, recipe, out, *extra):
     assert r.returncode == -signal.SIGKILL and (out / "last.pt").exists() and not (out / "final.pt").exists()
 
 
+@pytest.mark.repeated_runs
 def test_resume_only_on_identical_configuration_and_data_else_start_over_and_say_why(defocus_data, tmp_path):
     """The stale-resume fault: a last.pt of another seed, recipe value or data must never be continued (an
     orchestrator reran the phase because something changed); an identical rerun resumes bit-identically."""
@@ -149,6 +152,7 @@ def test_resume_only_on_identical_configuration_and_data_else_start_over_and_say
     assert "over: --restart" in why and digest == straight
 
 
+@pytest.mark.repeated_runs
 def test_a_truncated_last_pt_is_set_aside_with_a_reason_and_the_phase_starts_over(defocus_data, tmp_path):
     recipe = write_recipe(tmp_path / "a.yaml", iterations=4, ckpt_every=2)
     out = tmp_path / "run"
@@ -175,6 +179,7 @@ def test_ddp_with_two_cpu_processes_on_gloo(defocus_data, tmp_path):
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
+@pytest.mark.repeated_runs
 def test_eight_parallel_jobs_against_one_fresh_mlflow_store(defocus_data, tmp_path):
     from mlflow.tracking import MlflowClient
 
