@@ -88,7 +88,8 @@ def markdown(s: dict) -> str:
             "|---|---:|---:|"]
     out += [f"| {name} | {size['bytes'] / 2**20:.1f} | {size['shared'] / 2**20:.1f} |"
             for name, size in s["disk_bytes"].items()]
-    out += [f"| all of data/, each file once | {s['disk_total_bytes'] / 2**20:.1f} | |"]
+    if s["disk_bytes"]:  # no data/ folder: no sizes, and no total row of zero that would look measured
+        out += [f"| all of data/, each file once | {s['disk_total_bytes'] / 2**20:.1f} | |"]
     return "\n".join(out) + "\n"
 
 
