@@ -4,6 +4,8 @@
 #   snakemake --cores 8 all --config preset=smoke # seconds
 from snakemake.utils import min_version, validate
 
+from pipeline_src.gpus import nvidia_gpu_maybe_visible
+
 min_version("9.0")
 
 
@@ -13,11 +15,12 @@ configfile: "config/params.yaml"
 
 validate(config, "workflow/schemas/config.schema.yaml")
 
-# One GPU job at a time unless told otherwise (`--resources gpu=4`). Set here because Snakemake only auto-loads
-# profiles/default/ beside the Snakefile, not workflow/profiles/. The SLURM profile makes `gpu` a per-job
-# (local) resource, so this cap does not serialise the cluster's GPU jobs: SLURM hands out the GPUs there.
+# One GPU job at a time unless told otherwise (`--resources gpu=4`): two trainings would share cuda:0. Set here
+# because Snakemake only auto-loads profiles/default/ beside the Snakefile, not workflow/profiles/. On a machine
+# without an NVIDIA GPU the jobs train on the CPU, where their `threads` already bound what runs at once. The
+# SLURM profile makes `gpu` a per-job (local) resource, so this cap does not serialise the cluster's GPU jobs.
 if "gpu" not in workflow.global_resources:
-    workflow.register_resource("gpu", 1)
+    workflow.register_resource("gpu", 1 if nvidia_gpu_maybe_visible() else workflow.cores)
 
 
 # `snakemake --report report.html`: this text on the front page; results, plots and images by paper.

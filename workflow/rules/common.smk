@@ -5,9 +5,12 @@ import re
 
 import yaml
 
-from pipeline_src.config import check_train_chain, run_dir
+from pipeline_src.config import check_train_chain, load_presets, run_dir
 
 check_train_chain(config, "config/config.yaml")
+
+# `threads:` of the training, evaluation and quantization jobs, by preset (config/presets.yaml, job_threads).
+JOB_THREADS = load_presets()[config["preset"]]["job_threads"]
 
 # The weights stage reads its list from config/config.yaml in both orchestrators (DVC cannot put a list on a
 # command line): an override on Snakemake's command line would not reach it, so it is refused.

@@ -31,7 +31,7 @@ rule evaluate:
         "benchmarks/evaluate/{name}.tsv"
     wildcard_constraints:
         name=one_of(config["evaluate"]),
-    threads: 2
+    threads: JOB_THREADS
     conda:
         "../../environment.yml"
     shell:

@@ -41,7 +41,7 @@ rule quantize:
     params:
         train_patches=train_patches,
         preset=config["preset"],
-    threads: 2
+    threads: JOB_THREADS
     conda:
         "../../environment.yml"
     shell:

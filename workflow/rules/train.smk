@@ -26,7 +26,7 @@ rule train:
         seed=config["seed"],
     wildcard_constraints:
         phase=r"\d+",
-    threads: 2
+    threads: JOB_THREADS
     resources:
         gpu=1,
     conda:
