@@ -1,5 +1,5 @@
-"""How many jobs Snakemake runs at once: each preset's `job_threads` (config/presets.yaml) on the training,
-evaluation and quantization rules, and the one-GPU-job cap only where an NVIDIA GPU may be present."""
+"""How many jobs Snakemake runs at once: each preset's `job_threads` (config/presets.yaml) on the compute
+rules, and the one-GPU-job cap only where an NVIDIA GPU may be present."""
 import re
 import subprocess
 import sys
@@ -14,7 +14,7 @@ from pipeline_src.gpus import nvidia_gpu_maybe_visible
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-SIZED_RULES = {"train", "evaluate", "quantize"}
+SIZED_RULES = {"synthesize", "patches", "train", "evaluate", "quantize"}
 
 
 def planned_threads(preset: str) -> dict[str, set[int]]:

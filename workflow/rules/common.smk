@@ -9,7 +9,8 @@ from pipeline_src.config import check_train_chain, load_presets, run_dir
 
 check_train_chain(config, "config/config.yaml")
 
-# `threads:` of the training, evaluation and quantization jobs, by preset (config/presets.yaml, job_threads).
+# `threads:` of the compute jobs (synthesize, patches, train, evaluate, quantize), by preset (config/presets.yaml,
+# job_threads). All of them alike: a 2-thread job among 1-thread ones waits until both cores are free at once.
 JOB_THREADS = load_presets()[config["preset"]]["job_threads"]
 
 # The weights stage reads its list from config/config.yaml in both orchestrators (DVC cannot put a list on a

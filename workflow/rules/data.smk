@@ -14,7 +14,7 @@ rule synthesize:
         preset=config["preset"],
         seed=config["seed"],
         workers=2,  # a fixed number, not {threads}: the command must not change with --cores (DVC runs the same)
-    threads: 2
+    threads: JOB_THREADS
     conda:
         "../../environment.yml"
     shell:
@@ -60,7 +60,7 @@ rule patches:
         "logs/patches/{name}.log",
     params:
         preset=config["preset"],
-    threads: 2
+    threads: JOB_THREADS
     conda:
         "../../environment.yml"
     shell:
