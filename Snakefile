@@ -17,10 +17,11 @@ validate(config, "workflow/schemas/config.schema.yaml")
 
 # One GPU job at a time unless told otherwise (`--resources gpu=4`): two trainings would share cuda:0. Set here
 # because Snakemake only auto-loads profiles/default/ beside the Snakefile, not workflow/profiles/. On a machine
-# without an NVIDIA GPU the jobs train on the CPU, where their `threads` already bound what runs at once. The
-# SLURM profile makes `gpu` a per-job (local) resource, so this cap does not serialise the cluster's GPU jobs.
-if "gpu" not in workflow.global_resources:
-    workflow.register_resource("gpu", 1 if nvidia_gpu_maybe_visible() else workflow.cores)
+# without an NVIDIA GPU the jobs train on the CPU: no cap (Snakemake limits only the resources it is given), their
+# `threads` bound what runs at once. The SLURM profile makes `gpu` a per-job (local) resource, so this cap does not
+# serialise the cluster's GPU jobs.
+if "gpu" not in workflow.global_resources and nvidia_gpu_maybe_visible():
+    workflow.register_resource("gpu", 1)
 
 
 # `snakemake --report report.html`: this text on the front page; results, plots and images by paper.

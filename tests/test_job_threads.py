@@ -65,3 +65,10 @@ def test_gpu_cap_follows_what_the_machine_shows(tmp_path):
     for hidden in ("", "-1", " "):
         assert not nvidia_gpu_maybe_visible({"CUDA_VISIBLE_DEVICES": hidden}, proc, none)
     assert nvidia_gpu_maybe_visible({}, tmp_path / "absent", lambda name: "/usr/bin/nvidia-smi")  # WSL2
+
+
+def test_the_snakefile_parses_without_a_core_count():
+    """`snakemake --report` and the SLURM executor give no --cores: nothing at parse time may ask for it."""
+    r = subprocess.run([BIN / "snakemake", "--summary", "--config", "preset=smoke"], cwd=ROOT, capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
