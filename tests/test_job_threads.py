@@ -1,6 +1,5 @@
 """How many jobs Snakemake runs at once: each preset's `job_threads` (config/presets.yaml) on the compute
 rules, and the one-GPU-job cap only where an NVIDIA GPU may be present."""
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +10,7 @@ import yaml
 from pipeline_src.config import load_presets, load_presets_file
 from pipeline_src.errors import ConfigError
 from pipeline_src.gpus import nvidia_gpu_maybe_visible
+from tests.test_orchestrators import snakemake_jobs
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -18,19 +18,10 @@ SIZED_RULES = {"synthesize", "patches", "train", "evaluate", "quantize"}
 
 
 def planned_threads(preset: str) -> dict[str, set[int]]:
-    """rule -> the thread counts of its jobs in a dry run of `all` (Snakemake prints `threads:` only above 1)."""
-    r = subprocess.run([BIN / "snakemake", "-n", "--forceall", "--cores", "8", "all", "--config", f"preset={preset}"],
-                       cwd=ROOT, capture_output=True, text=True)
-    assert r.returncode == 0, r.stdout + r.stderr
+    """rule -> the thread counts of its jobs in a dry run of `all` (--cores 8, so that none is scaled down)."""
     threads: dict[str, set[int]] = {}
-    rule = None
-    for line in r.stdout.splitlines():
-        if m := re.match(r"^(?:local)?rule (\w+):", line):
-            rule = m.group(1)
-            threads.setdefault(rule, set()).add(1)
-        elif rule and (m := re.match(r"^\s+threads: (\d+)$", line)):
-            threads[rule].discard(1)
-            threads[rule].add(int(m.group(1)))
+    for job in snakemake_jobs(ROOT, "--cores", "8", "--config", f"preset={preset}").values():
+        threads.setdefault(job["rule"], set()).add(job["threads"])
     return threads
 
 

@@ -18,7 +18,9 @@ def snakemake_jobs(root: Path = ROOT, *extra: str) -> dict[str, dict]:
     jobs, cur = {}, None
     for line in r.stdout.splitlines():
         if m := re.match(r"^(?:local)?rule (\w+):", line):
-            cur = {"rule": m.group(1), "input": set(), "output": set()}
+            cur = {"rule": m.group(1), "input": set(), "output": set(), "threads": 1}
+        elif cur is not None and (m := re.match(r"^\s+threads: (\d+)$", line)):  # printed only above 1
+            cur["threads"] = int(m.group(1))
         elif cur is not None and (m := re.match(r"^\s+(input|output): (.*)$", line)):
             cur[m.group(1)] = set(m.group(2).split(", "))
         elif cur is not None and (m := re.match(r"^\s+log: (.*)$", line)):
