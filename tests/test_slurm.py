@@ -15,7 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.slurm_cluster import PARTITIONS, daemon_logs, mlflow_server, one_node_cluster
+from tests.slurm_cluster import (
+    GENERATED,
+    PARTITIONS,
+    daemon_logs,
+    left_by_a_killed_test,
+    mlflow_server,
+    one_node_cluster,
+)
 from tests.workspace import copy_repo, expected_outputs, keep_only
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,6 +89,27 @@ def test_profile_with_gpus_asks_one_per_training_and_engine_build_only():
                 assert (res["slurm_partition"], res["gpu"], res["mem_mb"]) == ("gpu", "1", "32000"), (rule, res)
             else:
                 assert (res["slurm_partition"], res.get("gpu", "0"), res["mem_mb"]) == ("cpu", "0", "8000"), res
+
+
+def test_a_link_left_by_a_killed_test_cluster_is_recognised_and_a_real_configuration_is_not(tmp_path):
+    """The cluster links /etc/slurm/slurm.conf to its generated file; a killed run leaves that link behind."""
+    conf, link = tmp_path / "cluster/slurm.conf", tmp_path / "slurm.conf"
+    (conf.parent / "run").mkdir(parents=True)
+    link.symlink_to(conf)
+    assert left_by_a_killed_test(link)  # its folder's conf is gone
+    conf.write_text(f"{GENERATED}: one node\n")
+    assert left_by_a_killed_test(link)  # no slurmctld pid file
+    (conf.parent / "run/slurmctld.pid").write_text(f"{os.getpid()}\n")
+    assert not left_by_a_killed_test(link)  # its slurmctld runs: a live test cluster
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (conf.parent / "run/slurmctld.pid").write_text(f"{dead.pid}\n")
+    assert left_by_a_killed_test(link)
+    conf.write_text("ClusterName=site\n")
+    assert not left_by_a_killed_test(link)  # somebody's own configuration
+    link.unlink()
+    link.write_text("ClusterName=site\n")
+    assert not left_by_a_killed_test(link)  # a file, not our link
 
 
 def squeue_records(env: dict) -> list[dict]:
