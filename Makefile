@@ -28,7 +28,7 @@ smoke: setup
 	. $(VENV)/bin/activate && snakemake --cores $(CORES) all --config preset=smoke
 
 ## make test: set up, then run the test suite (CPU only; GPU/TensorRT tests skip with their reason). Two workers:
-## the SLURM test mostly waits on its scheduler, and the end-to-end runs start first, one per worker.
+## the SLURM test mostly waits on its scheduler, and the end-to-end runs start first (on one worker, in turn).
 test: setup
 	. $(VENV)/bin/activate && python -m pytest -q -n 2
 
