@@ -187,11 +187,12 @@ def left_by_a_killed_test(link: Path) -> bool:
     conf = Path(os.readlink(link))
     if not conf.is_file():
         return True  # its cluster folder is gone
-    if not conf.read_text().startswith(GENERATED):
+    text = conf.read_text()
+    if not text.startswith(GENERATED):
         return False  # somebody's real configuration
-    pid_file = conf.parent / "run" / "slurmctld.pid"
+    pid_file = next((line.partition("=")[2] for line in text.splitlines() if line.startswith("SlurmctldPidFile=")), "")
     try:
-        os.kill(int(pid_file.read_text().split()[0]), 0)
+        os.kill(int(Path(pid_file).read_text().split()[0]), 0)
     except (OSError, ValueError, IndexError):
         return True  # no pid file, or its process is gone
     return False

@@ -97,7 +97,7 @@ def test_a_link_left_by_a_killed_test_cluster_is_recognised_and_a_real_configura
     (conf.parent / "run").mkdir(parents=True)
     link.symlink_to(conf)
     assert left_by_a_killed_test(link)  # its folder's conf is gone
-    conf.write_text(f"{GENERATED}: one node\n")
+    conf.write_text(f"{GENERATED}: one node\nSlurmctldPidFile={conf.parent}/run/slurmctld.pid\n")
     assert left_by_a_killed_test(link)  # no slurmctld pid file
     (conf.parent / "run/slurmctld.pid").write_text(f"{os.getpid()}\n")
     assert not left_by_a_killed_test(link)  # its slurmctld runs: a live test cluster
