@@ -39,6 +39,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "bench-patches": ("pipeline_src.benchmarks.patch_reading", "benchmark: random patch reads, arrays vs PNG"),
     "bench-train": ("pipeline_src.benchmarks.train_throughput", "benchmark: phase runner vs a plain PyTorch loop"),
     "bench-latency": ("pipeline_src.benchmarks.latency", "benchmark: PyTorch vs ONNX Runtime (vs TensorRT) latency"),
+    "bench-malloc": ("pipeline_src.benchmarks.malloc_tunables", "benchmark: a stage with glibc's malloc defaults vs ours"),
     "run-summary": ("pipeline_src.benchmarks.run_summary", "where a Snakemake run's time, memory and disk went"),
 }
 
