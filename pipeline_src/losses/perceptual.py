@@ -6,7 +6,9 @@ mean/std on RGB, so feature magnitudes (and hence the best weight) can differ (r
 As in the authors' `Vgg19_simple_api2`, the prediction is clipped to [0, 1] before the VGG.
 
 Without the weight file the loss still runs, on random VGG weights, after a loud warning; `pretrained` says
-which, so the training engine can tag the run.
+which, so the training engine can tag the run. Those random weights come from their own seed (RANDOM_VGG_SEED),
+not from the global generator: the same VGG in every run, and the model's random stream (data order, anything
+drawn after the loss is built) does not depend on whether, or how many, initial weights were drawn before it.
 """
 from __future__ import annotations
 
@@ -24,6 +26,8 @@ from pipeline_src.models.vgg import TORCHVISION_WEIGHTS, ImageNetNormalize, VGGF
 
 log = logging.getLogger(__name__)
 
+RANDOM_VGG_SEED = 19  # the VGG19 drawn when its weight file is absent; any fixed value would do
+
 
 @LOSSES.register("perceptual")
 class PerceptualLoss(nn.Module):
@@ -32,7 +36,9 @@ class PerceptualLoss(nn.Module):
         super().__init__()
         self.layer = layer
         self.normalize = ImageNetNormalize()
-        self.vgg = VGGFeatures("vgg19", taps=(layer,))
+        with torch.random.fork_rng(devices=[]):  # the global CPU generator is left as it was
+            torch.manual_seed(RANDOM_VGG_SEED)
+            self.vgg = VGGFeatures("vgg19", taps=(layer,))
         path = Path(weights_path) if weights_path is not None else None
         self.pretrained = path is not None and path.is_file()
         self.weights_sha256: str | None = None
