@@ -115,7 +115,9 @@ def audit_model(model, table: OpTable) -> dict[str, Any]:
         problems.append(f"default-domain opset {default_opset} outside TensorRT {table.tensorrt}'s range "
                         f"{table.opset_min}..{table.opset_max}")
     counts: Counter[str] = Counter()
-    constants_by_graph: dict[int, dict[str, Any]] = {}
+    # per graph, built once (a graph of thousands of nodes was rescanned for each); the graph is kept beside its
+    # table so that its id cannot be reused by another subgraph while the walk goes on
+    constants_by_graph: dict[int, tuple[Any, dict[str, Any]]] = {}
     for node, where, graph in _walk(model.graph):
         domain = node.domain or ""
         name = node.op_type if domain in DEFAULT_DOMAINS else f"{domain}::{node.op_type}"
@@ -128,8 +130,9 @@ def audit_model(model, table: OpTable) -> dict[str, Any]:
         elif node.op_type not in table.supported:
             problems.append(f"{where}: {node.op_type} is not in the TensorRT {table.tensorrt} parser's operator list")
         else:
-            constants = constants_by_graph.setdefault(id(graph), _constants(graph))
-            problems.extend(_qdq_problems(node, where, constants, table))
+            if id(graph) not in constants_by_graph:
+                constants_by_graph[id(graph)] = (graph, _constants(graph))
+            problems.extend(_qdq_problems(node, where, constants_by_graph[id(graph)][1], table))
     return {
         "op_table": table.source,
         "tensorrt": table.tensorrt,
