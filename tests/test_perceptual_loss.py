@@ -79,6 +79,19 @@ def test_without_weights_it_warns_logs_and_reports_not_pretrained(tmp_path, capl
     assert _random_weight_loss().pretrained is False
 
 
+def test_random_weights_are_the_same_vgg_whatever_the_seed_and_leave_the_global_generator_alone():
+    """A training phase's random stream must not depend on whether its model drew initial weights before the loss
+    was built (phases that start from the previous one build it without drawing)."""
+    torch.manual_seed(1)
+    before = torch.random.get_rng_state()
+    first = _random_weight_loss().vgg.state_dict()
+    assert torch.equal(torch.random.get_rng_state(), before)
+    torch.manual_seed(2)
+    second = _random_weight_loss().vgg.state_dict()
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+    assert any(v.abs().sum() > 0 for v in first.values())  # drawn, not left at zero
+
+
 def test_loads_verified_weights_without_warning(vgg19_file, recwarn):
     path, state = vgg19_file
     loss = PerceptualLoss(str(path))
