@@ -9,12 +9,13 @@ its CPU time in the kernel, ATTSF's quantize job 14 of its 35 CPU seconds (3.6 m
 TUNABLES asks malloc for transparent huge pages on its own memory (`glibc.malloc.hugetlb=1`, glibc >= 2.35; a
 no-op where THP is off), fixes the mmap threshold at its ceiling (32 MiB) and keeps up to 1 GiB of freed heap (the
 trim threshold) with 64 MiB of headroom per heap extension, so freed memory is reused rather than faulted in
-again. Measured by `python -m pipeline_src.benchmarks.malloc_tunables` (README "Measured figures").
+again. Measured by `python -m pipeline_src bench-malloc -- COMMAND` (README "Measured figures").
 
 glibc reads GLIBC_TUNABLES only when a process starts, hence the exec: same pid (signals, Snakemake's benchmark
 and the kill tests see one process), same interpreter flags and arguments (`sys.orig_argv`). Left alone: any
-GLIBC_TUNABLES already set (the user's choice; `GLIBC_TUNABLES=` turns this off), any platform but Linux with glibc.
-Unknown tunables (older glibc) are ignored by glibc itself.
+GLIBC_TUNABLES already set (the user's choice; `GLIBC_TUNABLES=` turns this off), any platform but Linux with glibc,
+and the `pipeline-src` console script, which calls cli.main directly (the orchestrators run `python -m`). Unknown
+tunables (older glibc) are ignored by glibc itself.
 """
 from __future__ import annotations
 

@@ -77,6 +77,7 @@ def test_bench_malloc_runs_both_arms_in_turn_and_writes_the_figures(tmp_path):
     (["--", sys.executable, "-c", "raise SystemExit(3)"], "exit 3 with GLIBC_TUNABLES=''"),
     (["--repeats", "0", "--", "true"], "--repeats 0: expected at least 1"),
     (["--"], "no command to measure"),
+    (["--", "no-such-program-here"], "no-such-program-here: cannot run it"),
 ])
 def test_bench_malloc_refuses_in_one_line(args, message, tmp_path):
     r = subprocess.run([sys.executable, "-m", "pipeline_src", "bench-malloc", *args], capture_output=True, text=True,

@@ -9,7 +9,8 @@ data/manifests/synth-defocus.json --patches data/patches/synth-defocus/train --p
 The two arms run the same command as child processes, taking turns within each repeat (these machines are noisy,
 so every ratio compares runs made seconds apart): `default` with GLIBC_TUNABLES set empty (glibc's own settings;
 the stage does not re-execute itself), `tuned` with GLIBC_TUNABLES=malloc_tuning.TUNABLES. Per run: wall time,
-user and system CPU time, peak resident memory and minor page faults of the child (os.wait4's rusage). Figures
+user and system CPU time, peak resident memory (never below this process's own, which the child holds until its
+exec) and minor page faults of the child (os.wait4's rusage). Figures
 are medians over repeats; ratios (tuned / default) are medians of the per-repeat ratios.
 """
 from __future__ import annotations
@@ -42,8 +43,12 @@ def add_arguments(parser) -> None:
 def run_once(command: list[str], tunables: str) -> dict[str, float]:
     """Run `command` with GLIBC_TUNABLES=`tunables`; its wall time and rusage."""
     start = time.perf_counter()
-    proc = subprocess.Popen(command, env={**os.environ, ENV: tunables}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    try:
+        proc = subprocess.Popen(command, env={**os.environ, ENV: tunables}, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE)
+    except OSError as exc:
+        raise BenchError(f"{command[0]}: cannot run it ({exc.strerror}); give the command to measure after `--`") \
+            from exc
     # stderr is read to the end before waiting, so a chatty command cannot block on a full pipe
     err = proc.stderr.read().decode(errors="replace")
     _, status, usage = os.wait4(proc.pid, 0)
@@ -65,13 +70,17 @@ def measure(command: list[str], repeats: int) -> dict:
         for arm in order:
             runs[arm].append(run_once(command, ARMS[arm]))
     median = {arm: {k: statistics.median(r[k] for r in rs) for k in FIGURES} for arm, rs in runs.items()}
-    ratio = {k: statistics.median(t[k] / d[k] if d[k] else float("nan") for t, d in zip(runs["tuned"],
-                                                                                     runs["default"]))
-             for k in FIGURES}
+    ratio = {k: _median_ratio([t[k] for t in runs["tuned"]], [d[k] for d in runs["default"]]) for k in FIGURES}
     return {"command": command, "repeats": repeats, "tunables": TUNABLES, "median": median,
             "ratio_tuned_over_default": ratio, "runs": runs,
             "host": {"platform": platform.platform(), "libc": "-".join(platform.libc_ver()),
                      "cpus": os.cpu_count(), "thp": _thp_mode()}}
+
+
+def _median_ratio(tuned: list[float], default: list[float]) -> float | None:
+    """Median of the paired ratios; None where the default arm measured zero (sys time of a tiny command)."""
+    ratios = [t / d for t, d in zip(tuned, default) if d]
+    return statistics.median(ratios) if ratios else None
 
 
 def _thp_mode() -> str:
@@ -90,8 +99,8 @@ def run(args) -> int:
     for arm, fig in result["median"].items():
         print(f"{arm:8s} wall {fig['wall_s']:7.2f} s  user {fig['user_s']:7.2f} s  sys {fig['sys_s']:6.2f} s  "
               f"peak {fig['max_rss_mb']:7.0f} MB  minor faults {fig['minor_faults']:10.0f}")
-    r = result["ratio_tuned_over_default"]
-    print(f"tuned/default: wall {r['wall_s']:.2f}, sys {r['sys_s']:.2f}, peak memory {r['max_rss_mb']:.2f} "
+    r = {k: "n/a" if v is None else f"{v:.2f}" for k, v in result["ratio_tuned_over_default"].items()}
+    print(f"tuned/default: wall {r['wall_s']}, sys {r['sys_s']}, peak memory {r['max_rss_mb']} "
           f"(medians of {args.repeats} paired runs; host THP: {result['host']['thp']})")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
