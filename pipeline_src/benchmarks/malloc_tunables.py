@@ -10,8 +10,8 @@ The two arms run the same command as child processes, taking turns within each r
 so every ratio compares runs made seconds apart): `default` with GLIBC_TUNABLES set empty (glibc's own settings;
 the stage does not re-execute itself), `tuned` with GLIBC_TUNABLES=malloc_tuning.TUNABLES. Per run: wall time,
 user and system CPU time, peak resident memory (never below this process's own, which the child holds until its
-exec) and minor page faults of the child (os.wait4's rusage). Figures
-are medians over repeats; ratios (tuned / default) are medians of the per-repeat ratios.
+exec) and minor page faults of the child (os.wait4's rusage). Figures are medians over repeats; ratios (tuned /
+default) are medians of the per-repeat ratios.
 """
 from __future__ import annotations
 
