@@ -27,8 +27,9 @@ run: setup
 smoke: setup
 	. $(VENV)/bin/activate && snakemake --cores $(CORES) all --config preset=smoke
 
-## make test: set up, then run the test suite (CPU only; GPU/TensorRT tests skip with their reason). Two workers:
-## the SLURM test mostly waits on its scheduler, and the end-to-end runs start first (on one worker, in turn).
+## make test: set up, then run the test suite (CPU only; GPU/TensorRT tests skip with their reason). Two workers
+## (a third measured slower): the SLURM run, which mostly waits on its scheduler, starts beside the smoke DAG
+## (tests/conftest.py orders them; pyproject's --dist loadgroup hands out one test at a time).
 test: setup
 	. $(VENV)/bin/activate && python -m pytest -q -n 2
 

@@ -1,6 +1,7 @@
 """The phase runner for real: CLI runs on a tiny synthetic set, kill-and-resume, DDP, MLflow under load."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -87,8 +88,6 @@ def _digest(out):
 
 def _one_pixel_changed_copy(data, base):
     """The same tree with one pixel of one training target changed, indexed and cut into patches again."""
-    import shutil
-
     import cv2
 
     raw = base / "raw"
@@ -119,11 +118,13 @@ def test_resume_only_on_identical_configuration_and_data_else_start_over_and_say
 
     out = tmp_path / "run"
     _killed_after_first_checkpoint(defocus_data, recipe, out)
+    killed = shutil.copytree(out, tmp_path / "killed")  # the killed run's folder, put back before each rerun
     r = cli(*train_args(defocus_data, recipe, out), env=NO_TRACKING)
     assert "resuming" in r.stderr and "at step 2/4" in r.stderr and _digest(out) == straight
 
     def rerun(data, recipe_path, *extra):
-        _killed_after_first_checkpoint(defocus_data, recipe, out)  # a last.pt of the original configuration
+        shutil.rmtree(out)
+        shutil.copytree(killed, out)  # a last.pt of the original configuration, at the same path
         r = cli(*train_args(data, recipe_path, out, 1, *extra), env=NO_TRACKING)
         assert "resuming" not in r.stderr
         return r.stderr, _digest(out)

@@ -13,6 +13,11 @@ check_train_chain(config, "config/config.yaml")
 # job_threads). All of them alike: a 2-thread job among 1-thread ones waits until both cores are free at once.
 JOB_THREADS = load_presets()[config["preset"]]["job_threads"]
 
+# `priority:` of the data jobs (synthesize, index, patches). Snakemake starts the ready job of highest priority
+# first, so every dataset is ready before the trainings fill the cores; without it the smoke run held the
+# detection set's indexing back for 90 s behind trainings, and that set's chain ran alone at the end.
+DATA_FIRST = 10
+
 # The weights stage reads its list from config/config.yaml in both orchestrators (DVC cannot put a list on a
 # command line): an override on Snakemake's command line would not reach it, so it is refused.
 with open("config/config.yaml") as f:

@@ -15,6 +15,7 @@ rule synthesize:
         seed=config["seed"],
         workers=2,  # a fixed number, not {threads}: the command must not change with --cores (DVC runs the same)
     threads: JOB_THREADS
+    priority: DATA_FIRST
     conda:
         "../../environment.yml"
     shell:
@@ -44,6 +45,7 @@ rule index:
         "logs/index/{name}.log",
     params:
         layout=dataset_layout,
+    priority: DATA_FIRST
     conda:
         "../../environment.yml"
     shell:
@@ -61,6 +63,7 @@ rule patches:
     params:
         preset=config["preset"],
     threads: JOB_THREADS
+    priority: DATA_FIRST
     conda:
         "../../environment.yml"
     shell:
