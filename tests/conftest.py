@@ -1,5 +1,5 @@
-"""Suite-wide defaults: one OpenMP thread per process, tracking off unless a test turns it on (never the repository's own
-MLflow store), and the end-to-end runs first, in the order that keeps both workers busy."""
+"""Suite-wide defaults: one OpenMP thread per process, tracking off unless a test turns it on (never the
+repository's own MLflow store), and the end-to-end runs first, in the order that keeps both workers busy."""
 import os
 
 import pytest

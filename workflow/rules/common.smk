@@ -14,8 +14,8 @@ check_train_chain(config, "config/config.yaml")
 JOB_THREADS = load_presets()[config["preset"]]["job_threads"]
 
 # `priority:` of the data jobs (synthesize, index, patches). Snakemake starts the ready job of highest priority
-# first, so every dataset is ready before the trainings fill the cores; without it the smoke run held the
-# detection set's indexing back for 90 s behind trainings, and that set's chain ran alone at the end.
+# first, so every dataset is ready before the trainings fill the cores; without it the smoke run held one
+# dataset's patches back for 90 s behind trainings, and that dataset's chain ran alone at the end.
 DATA_FIRST = 10
 
 # The weights stage reads its list from config/config.yaml in both orchestrators (DVC cannot put a list on a
