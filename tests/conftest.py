@@ -21,6 +21,7 @@ def _isolated_tracking(tmp_path_factory):
 # The end-to-end runs in the order `-n 2` should start them. pyproject's `--dist loadgroup` hands each worker one
 # test at a time in this order, so the SLURM run (mostly waiting on its scheduler's polls) starts beside the
 # smoke DAG (both cores busy) instead of after it; the DVC flow follows on the first free worker.
+# tests/test_suite_order.py fails if a prefix stops naming a test (a renamed test would lose its place silently).
 E2E_ORDER = ("test_smoke_dag_through_a_one_node_slurm_cluster", "test_snakemake_smoke_builds_the_dag",
              "test_dvc_records_snakemake_outputs")
 
