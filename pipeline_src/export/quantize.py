@@ -315,11 +315,12 @@ def _log_to_mlflow(args, report: dict) -> None:
         metrics.update({f"{name}/{k}": entry[k] for k in ("drop_db", "mae_rise") if k in entry})
         if "accepted" in entry:
             metrics[f"{name}/accepted"] = float(entry["accepted"])
-    files = [out / entry["file"] for entry in report["variants"].values() if entry.get("file") and entry["file"] != "model.onnx"]
+    variant_hashes = {f"{name}.sha256": sha256_file(out / entry["file"]) for name, entry in report["variants"].items()
+                      if name != "fp32" and entry.get("file")}
     log_export_step(f"quantize {out.name}", enabled=not args.no_tracking, metrics=metrics,
-                    tags={"stage": "quantize", "onnx.sha256": sha256_file(args.onnx),
+                    tags={"stage": "quantize", "onnx.sha256": sha256_file(args.onnx), **variant_hashes,
                           "int8.accepted": str(report["variants"]["int8"]["accepted"]).lower()},
-                    artifacts=[out / "quality.json", *files])
+                    artifacts=[out / "quality.json"])  # the variant files: tracking.py says where
 
 
 def run(args) -> int:

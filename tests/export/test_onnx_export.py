@@ -11,6 +11,7 @@ from pipeline_src.cli import main as cli_main
 from pipeline_src.errors import CheckpointError, ExportError
 from pipeline_src.export import load_export_config, parse_size
 from pipeline_src.export.onnx_export import check_parity, export_checkpoint, onnx_metadata
+from pipeline_src.fileio import sha256_file
 from pipeline_src.model_io import load_model
 from tests.export.conftest import EXPORT_CONFIG, OP_TABLE, make_checkpoint
 
@@ -118,7 +119,7 @@ def test_missing_checkpoint_names_the_file(tmp_path):
         export_checkpoint(str(tmp_path / "nope.pt"), tmp_path / "out", cfg)
 
 
-def test_export_is_logged_as_an_mlflow_run_with_its_reports_and_the_onnx(tmp_path, monkeypatch):
+def test_export_is_logged_as_an_mlflow_run_with_its_reports_and_the_onnx_hash(tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -134,4 +135,6 @@ def test_export_is_logged_as_an_mlflow_run_with_its_reports_and_the_onnx(tmp_pat
     (run,) = client.search_runs([client.get_experiment_by_name("export-test").experiment_id])
     assert run.data.tags["pipeline.role"] == "export" and run.data.tags["stage"] == "export-onnx"
     assert run.data.metrics["parity/max_abs_diff"] <= 1e-4
-    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"model.onnx", "parity.json", "ops.json"}
+    # the ONNX file goes into MLflow with the bundle only; this run names it by hash
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"parity.json", "ops.json"}
+    assert run.data.tags["onnx.sha256"] == sha256_file(tmp_path / "out" / "model.onnx")

@@ -100,6 +100,32 @@ def test_int8_beyond_the_allowed_drop_is_refused_and_not_written(exported, tiny_
     assert not list((tmp_path / "q").glob(".quantize-*"))
 
 
+def test_the_tracked_run_holds_the_report_and_names_each_variant_file_by_hash(exported, tiny_setup, tmp_path,
+                                                                              monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from pipeline_src.fileio import sha256_file
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("PIPELINE_TRACKING", "1")
+    monkeypatch.setenv("PIPELINE_MLFLOW_EXPERIMENT", "quantize-test")
+    cfg_path = tmp_path / "export.yaml"
+    cfg_path.write_text(EXPORT_CONFIG.read_text().replace("config/tensorrt_onnx_ops.yaml", str(OP_TABLE)))
+    out = tmp_path / "q"
+    assert cli_main(["quantize", "--onnx", str(exported / "model.onnx"), "--manifest", str(tiny_setup["manifest"]),
+                     "--patches", str(tiny_setup["patches"]), "--out", str(out), "--config", str(cfg_path),
+                     "--preset", "smoke"]) == 0
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("quantize-test").experiment_id])
+    assert run.data.tags["stage"] == "quantize" and run.data.metrics["int8/accepted"] == 1.0
+    # the ONNX files go into MLflow once, with the bundle's registered version; this run names them by hash
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"quality.json"}
+    assert run.data.tags["onnx.sha256"] == sha256_file(exported / "model.onnx")
+    assert run.data.tags["fp16.sha256"] == sha256_file(out / "model_fp16.onnx")
+    assert run.data.tags["int8.sha256"] == sha256_file(out / "model_int8.onnx")
+
+
 def test_calibration_draws_the_configured_number_of_patches_in_model_view_order(tmp_path):
     a = np.zeros((10, 8, 8, 3), np.uint16)
     b = np.full((10, 8, 8, 3), 65535, np.uint16)
