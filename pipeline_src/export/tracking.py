@@ -3,10 +3,11 @@
 The run holds the step's reports as metrics and artifacts, tagged with the checkpoint and the training run they
 come from and with the sha256 of each ONNX file it wrote, so an engine on a device can be traced back to its
 training. The ONNX files themselves go into MLflow once, with the bundle: logging them in the export and quantize
-runs as well doubled `mlruns/` (ATTSF's three files are 607 MB). The bundle step also registers the bundle in MLflow's Model Registry: one registered model per export name, a
-new version per bundle, whose files are the bundle (ONNX variants, reports, manifest, device scripts), tagged
-with the training run, the checkpoint and data hashes and the parity and quantization figures. A deployment
-engineer fetches a version with `mlflow artifacts download -u models:/<name>/<version> -d <folder>`.
+runs as well doubled `mlruns/` (ATTSF's three files are 607 MB).
+The bundle step also registers the bundle in MLflow's Model Registry: one registered model per export name, a new
+version per bundle, whose files are the bundle (ONNX variants, reports, manifest, device scripts), tagged with the
+training run, the checkpoint and data hashes and the parity and quantization figures. A deployment engineer
+fetches a version with `mlflow artifacts download -u models:/<name>/<version> -d <folder>`.
 """
 from __future__ import annotations
 
