@@ -10,7 +10,12 @@ TESTS = Path(__file__).parent
 
 
 def _marks_slow(node) -> bool:
-    return "slow" in ast.unparse(node)
+    return "mark.slow" in ast.unparse(node)
+
+
+def _is_module_slow_mark(node) -> bool:
+    return (isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "pytestmark" for t in node.targets)
+            and _marks_slow(node.value))
 
 
 def _slow_test_functions() -> list[str]:
@@ -18,11 +23,11 @@ def _slow_test_functions() -> list[str]:
     names = []
     for path in TESTS.rglob("test_*.py"):
         body = ast.parse(path.read_text()).body
-        module_slow = any(isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "pytestmark"
-                                                                 for t in node.targets) and _marks_slow(node.value)
-                          for node in body)
-        names += [node.name for node in body if isinstance(node, ast.FunctionDef) and node.name.startswith("test_")
-                  and (module_slow or any(_marks_slow(d) for d in node.decorator_list))]
+        module_slow = any(_is_module_slow_mark(node) for node in body)
+        for node in body:
+            if isinstance(node, ast.FunctionDef) and node.name.startswith("test_") and (
+                    module_slow or any(_marks_slow(d) for d in node.decorator_list)):
+                names.append(node.name)
     return names
 
 
