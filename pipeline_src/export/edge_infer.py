@@ -364,6 +364,13 @@ def stored_check(manifest_path) -> tuple[dict, Path]:
     return check, manifest_path.parent
 
 
+def reference_min_hw(manifest_path, model) -> tuple[int, int]:
+    """The smallest size the stored fp32 output was made at (the engine profile's min), at least the model's own:
+    a check input below it is padded the same way, so an ONNX variant meets the reference on the same pixels."""
+    low = json.loads(Path(manifest_path).read_text()).get("tensorrt", {}).get("profile", {}).get("min", {})
+    return max(model.min_hw[0], int(low.get("height", 1))), max(model.min_hw[1], int(low.get("width", 1)))
+
+
 def check_against_stored(run, check: dict, folder: Path, precision: str, task: str) -> dict:
     """Run `run` on the stored check input and compare with the stored fp32 output (PSNR floor per precision)."""
     x = np.load(folder / check["input"])
@@ -378,13 +385,27 @@ def check_against_stored(run, check: dict, folder: Path, precision: str, task: s
             "min_psnr_db": floors[precision], "passed": passed}
 
 
-def engine_precision(path, given: str | None) -> str:
+def variant_precision(manifest_path, onnx_path) -> str | None:
+    """The precision the bundle's manifest gives this ONNX file (its `variants`); None if it lists no such file."""
+    if not Path(manifest_path).is_file():
+        return None
+    variants = json.loads(Path(manifest_path).read_text()).get("variants", {})
+    return {v["file"]: p for p, v in variants.items()}.get(Path(onnx_path).name)
+
+
+def model_precision(path, given: str | None, manifest_path) -> str:
+    """--precision, else an engine's from its file name, else an ONNX variant's from the manifest."""
     if given:
         return given
-    named = parse_engine_name(path)
-    if named is None:
-        raise CannotRun(f"{path}: cannot tell its precision from the name; pass --precision fp32|fp16|int8")
-    return named["precision"]
+    if Path(path).suffix in ENGINE_SUFFIXES:
+        named = parse_engine_name(path)
+        found = named["precision"] if named else None
+    else:
+        found = variant_precision(manifest_path, path)
+    if found is None:
+        raise CannotRun(f"{path}: cannot tell its precision from the name or the manifest's variants; pass "
+                        "--precision fp32|fp16|int8")
+    return found
 
 
 # ------------------------------------------------------------------------------------------------- main
@@ -401,7 +422,8 @@ def parse_args(argv=None):
                         "with --onnx, with ONNX Runtime on that file instead")
     p.add_argument("--onnx", help="with --check: compare with this ONNX file in ONNX Runtime (needs onnxruntime)")
     p.add_argument("--precision", choices=("fp32", "fp16", "int8"),
-                   help="with --check: the model's precision (default: from the engine's file name)")
+                   help="with --check: the model's precision (default: an engine's from its file name, an ONNX "
+                        "file's from the manifest's variants)")
     p.add_argument("--min-psnr", type=float, help="with --check --onnx: PSNR floor in dB (default: the manifest's "
                                                   f"for that variant, else {DEFAULT_MIN_PSNR_DB:g})")
     p.add_argument("--report", help="with --check: where the JSON report goes (default: <model>.check.json)")
@@ -420,12 +442,11 @@ def model_spec(args) -> ModelSpec:
 def onnx_floor(args) -> float:
     if args.min_psnr is not None:
         return args.min_psnr
-    if Path(args.manifest).is_file():
-        m = json.loads(Path(args.manifest).read_text())
-        by_file = {v["file"]: p for p, v in m.get("variants", {}).items()}
-        precision = by_file.get(Path(args.onnx).name)
-        return float(m.get("tensorrt", {}).get("min_psnr_vs_onnxruntime_db", {}).get(precision, DEFAULT_MIN_PSNR_DB))
-    return DEFAULT_MIN_PSNR_DB
+    precision = variant_precision(args.manifest, args.onnx)
+    if precision is None:
+        return DEFAULT_MIN_PSNR_DB
+    m = json.loads(Path(args.manifest).read_text())
+    return float(m.get("tensorrt", {}).get("min_psnr_vs_onnxruntime_db", {}).get(precision, DEFAULT_MIN_PSNR_DB))
 
 
 def run_check(args, spec: ModelSpec, model) -> int:
@@ -444,9 +465,10 @@ def run_check(args, spec: ModelSpec, model) -> int:
                   "min_psnr_db": floor, "passed": passed}
     else:
         check, folder = stored_check(args.manifest)
-        precision = (engine_precision(args.model, args.precision) if Path(args.model).suffix in ENGINE_SUFFIXES
-                     else args.precision or "fp32")
-        report = check_against_stored(run, check, folder, precision, spec.task)
+        precision = model_precision(args.model, args.precision, args.manifest)
+        min_hw = reference_min_hw(args.manifest, model)  # the check input fits the profile: no tiles
+        report = check_against_stored(lambda x: run_padded(model, x, spec.size_multiple, min_hw), check, folder,
+                                      precision, spec.task)
     report = {"model": args.model, **report}
     out = args.report or f"{args.model}.check.json"
     write_json(out, report)

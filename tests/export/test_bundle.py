@@ -142,11 +142,23 @@ def test_check_mode_compares_two_variants_on_the_shipped_sample(bundle, tmp_path
                            "--min-psnr", "99")
     assert strict.returncode == 1 and "check FAILED" in strict.stderr
     assert json.loads((device / "model_int8.onnx.check.json").read_text())["passed"] is False
-    # without --onnx: against the stored fp32 output, no onnxruntime session of the reference needed
-    stored = run_on_device(device, "infer.py", "--check", "--model", "model_int8.onnx", "--precision", "int8")
-    assert stored.returncode == 0, stored.stderr
-    report = json.loads((device / "model_int8.onnx.check.json").read_text())
-    assert report["against"].startswith("check/fp32_output.npy") and report["min_psnr_db"] == 30.0
+    # without --onnx: against the stored fp32 output, no onnxruntime session of the reference needed; each ONNX
+    # variant is held to its own precision's floor, which the manifest's `variants` names by file
+    floors = json.loads((device / "manifest.json").read_text())["check"]["min_psnr_vs_fp32_db"]
+    for precision, file in (("fp32", "model.onnx"), ("fp16", "model_fp16.onnx"), ("int8", "model_int8.onnx")):
+        stored = run_on_device(device, "infer.py", "--check", "--model", file)
+        assert stored.returncode == 0, stored.stderr
+        report = json.loads((device / f"{file}.check.json").read_text())
+        assert report["against"].startswith("check/fp32_output.npy")
+        assert report["precision"] == precision and report["min_psnr_db"] == floors[precision]
+    assert floors["int8"] < floors["fp32"]  # else the int8 case above could not tell a wrong default
+    # an ONNX file the manifest does not list: its precision is asked for, in one line
+    shutil.copy(device / "model_int8.onnx", device / "renamed.onnx")
+    unknown = run_on_device(device, "infer.py", "--check", "--model", "renamed.onnx")
+    assert unknown.returncode == 2 and "Traceback" not in unknown.stderr
+    assert "renamed.onnx: cannot tell its precision" in unknown.stderr and "--precision" in unknown.stderr
+    named = run_on_device(device, "infer.py", "--check", "--model", "renamed.onnx", "--precision", "int8")
+    assert named.returncode == 0, named.stderr
 
 
 def test_infer_refuses_a_wrong_number_of_views(bundle, tmp_path):
