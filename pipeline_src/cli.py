@@ -27,9 +27,11 @@ STAGES: dict[str, tuple[str, str]] = {
     "index": ("pipeline_src.data.manifest", "validate a dataset tree and write its manifest (JSON)"),
     "patches": ("pipeline_src.data.patches", "cut sliding-window training patches into memory-mappable arrays"),
     "mlflow-init": ("pipeline_src.tracking", "create the MLflow store and experiment once, before parallel jobs"),
-    "dvc-commit": ("pipeline_src.dvc_commit", "record Snakemake's outputs in dvc.lock, if built with params.yaml's values"),
+    "dvc-commit": ("pipeline_src.dvc_commit",
+                   "record Snakemake's outputs in dvc.lock, if built with params.yaml's values"),
     "train": ("pipeline_src.train.cli", "run one training phase of one model on one dataset"),
-    "import-weights": ("pipeline_src.weights_import.cli", "import an author's released weights (KPAC npz) into a final.pt"),
+    "import-weights": ("pipeline_src.weights_import.cli",
+                       "import an author's released weights (KPAC npz) into a final.pt"),
     "evaluate": ("pipeline_src.evaluate.cli", "evaluate a checkpoint with its paper's protocol"),
     "report": ("pipeline_src.evaluate.report", "write the paper-versus-ours report and plots"),
     "export-onnx": ("pipeline_src.export.onnx_export", "export a checkpoint to ONNX with a parity check and op audit"),
@@ -39,7 +41,8 @@ STAGES: dict[str, tuple[str, str]] = {
     "bench-patches": ("pipeline_src.benchmarks.patch_reading", "benchmark: random patch reads, arrays vs PNG"),
     "bench-train": ("pipeline_src.benchmarks.train_throughput", "benchmark: phase runner vs a plain PyTorch loop"),
     "bench-latency": ("pipeline_src.benchmarks.latency", "benchmark: PyTorch vs ONNX Runtime (vs TensorRT) latency"),
-    "bench-malloc": ("pipeline_src.benchmarks.malloc_tunables", "benchmark: a stage with glibc's malloc defaults vs ours"),
+    "bench-malloc": ("pipeline_src.benchmarks.malloc_tunables",
+                     "benchmark: a stage with glibc's malloc defaults vs ours"),
     "run-summary": ("pipeline_src.benchmarks.run_summary", "where a Snakemake run's time, memory and disk went"),
 }
 

@@ -151,7 +151,8 @@ def load_recipe(path: str | os.PathLike, preset: str, option: str | None = None)
             raise ConfigError(f"{path}: presets.{preset}.phases[{i}] may change only {sorted(PRESET_PHASE_KEYS)}, "
                               f"not {sorted(bad)}: a preset never changes the recipe itself")
     if set(override) - {"phases"}:
-        raise ConfigError(f"{path}: presets.{preset} may only hold `phases`, found {sorted(set(override) - {'phases'})}")
+        extra = sorted(set(override) - {"phases"})
+        raise ConfigError(f"{path}: presets.{preset} may only hold `phases`, found {extra}")
     validate_schema(override, _preset_override_schema(), f"{path}: presets.{preset}")
     recipe = deep_merge(recipe, override)
     for phase, over in zip(recipe["phases"], override.get("phases", [])):

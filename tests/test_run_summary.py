@@ -22,7 +22,8 @@ def test_slowest_jobs_memory_per_rule_and_disk(tmp_path, capsys):
     (data / "bundles").mkdir()
     os.link(data / "export/model.onnx", data / "bundles/model.onnx")  # the bundle links, it does not copy
     (data / "bundles/manifest.json").write_bytes(b"y" * (1 << 20))
-    assert main(["run-summary", "--benchmarks", str(bench), "--data", str(data), "--out", str(tmp_path / "s.json")]) == 0
+    summary = tmp_path / "s.json"
+    assert main(["run-summary", "--benchmarks", str(bench), "--data", str(data), "--out", str(summary)]) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
     assert lines[2].startswith("| train/kpac/synth/phase1 | 300 | 580 | 900 |")

@@ -41,7 +41,8 @@ def run(args) -> int:
         except (FetchError, OSError) as e:
             status[entry.name] = {"present": False, "path": str(args.root / "weights" / entry.filename),
                                   "reason": str(e).splitlines()[0] if str(e) else type(e).__name__}
-            print(f"\n*** WARNING: pretrained weights {entry.name!r} are NOT available: {status[entry.name]['reason']}\n"
+            print(f"\n*** WARNING: pretrained weights {entry.name!r} are NOT available: "
+                  f"{status[entry.name]['reason']}\n"
                   f"*** Training goes on; losses that need them run on random weights and their MLflow runs are "
                   f"tagged weights.<term>.pretrained=false.\n*** Get them with `python -m pipeline_src fetch "
                   f"{entry.name}` (or put {entry.filename} in {args.root / 'weights'}) and rerun this stage.\n",

@@ -295,7 +295,8 @@ def registry_entry(content: dict[str, Any], export_dir: Path, bundle_dir: Path, 
     quality = json.loads((export_dir / "quality.json").read_text())
     tags = {"paper": str(meta.get("paper", "")), "dataset": str(meta.get("dataset", "")),
             "model": meta["model"], "task": meta["task"],
-            "training_run_id": str(meta.get("training_run_id")), "checkpoint.sha256": str(meta.get("checkpoint_sha256")),
+            "training_run_id": str(meta.get("training_run_id")),
+            "checkpoint.sha256": str(meta.get("checkpoint_sha256")),
             "bundle_manifest.sha256": sha256_file(bundle_dir / "manifest.json"),
             "variants": ",".join(content["variants"]),
             "int8.accepted": str(quality["variants"]["int8"]["accepted"]).lower()}

@@ -39,7 +39,8 @@ EXPORT_SCHEMA: dict[str, Any] = {
                                     "max_int8_drop_db": {"type": "number"}, "max_int8_mae_rise": {"type": "number"},
                                     "max_test_images": {"type": ["integer", "null"], "minimum": 1},
                                     # counts a scale preset may lower (quantize --preset): never the gate
-                                    "presets": {"type": "object", "propertyNames": {"enum": ["smoke", "default", "paper"]},
+                                    "presets": {"type": "object",
+                                                "propertyNames": {"enum": ["smoke", "default", "paper"]},
                                                 "additionalProperties": {
                                                     "type": "object", "additionalProperties": False,
                                                     "properties": {"calibration_patches": POSITIVE_INT,

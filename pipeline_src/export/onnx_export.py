@@ -8,8 +8,8 @@
 model.onnx appears only when `onnx.checker`, the audit and the parity check all pass; the three files are written
 together (fileio.output_set: parity.json, ops.json, then model.onnx, the file later stages read, last), so a
 killed run never leaves a model.onnx without its reports, nor reports of one run beside a model of another. A
-failed check leaves the reports saying why (passed: false) and no model.onnx. The legacy TorchScript exporter is used (`dynamo=False`): the dynamo
-exporter fails on in-graph padding in torch 2.13.
+failed check leaves the reports saying why (passed: false) and no model.onnx. The legacy TorchScript exporter is
+used (`dynamo=False`): the dynamo exporter fails on in-graph padding in torch 2.13.
 Parity inputs are crops of the first test image of `--manifest` when one is given (real image statistics),
 else seeded uniform noise.
 """

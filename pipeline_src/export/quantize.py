@@ -62,7 +62,8 @@ def calibration_batches(patch_dir: str | os.PathLike, views, count: int, batch: 
             raise FileNotFoundError(f"{path}: no patch array for view {v!r} (the model reads views {list(views)})")
         arrays[v] = np.load(path, mmap_mode="r")
         if arrays[v].ndim != 4 or arrays[v].shape[-1] != 3 or arrays[v].dtype not in (np.uint8, np.uint16):
-            raise ValueError(f"{path}: expected (N, S, S, 3) uint8/uint16 patches, got {arrays[v].shape} {arrays[v].dtype}")
+            raise ValueError(f"{path}: expected (N, S, S, 3) uint8/uint16 patches, "
+                             f"got {arrays[v].shape} {arrays[v].dtype}")
     n = {v: a.shape[0] for v, a in arrays.items()}
     if len(set(n.values())) != 1:
         raise ValueError(f"{patch_dir}: views hold different patch counts {n}")
@@ -134,7 +135,8 @@ def make_int8(src: str | os.PathLike, dst: str | os.PathLike, batches: list[np.n
     if method not in CalibrationMethod.__members__:
         from pipeline_src.config import ConfigError
 
-        raise ConfigError(f"quantize.calibration_method {method!r}; choose one of {list(CalibrationMethod.__members__)}")
+        raise ConfigError(f"quantize.calibration_method {method!r}; "
+                          f"choose one of {list(CalibrationMethod.__members__)}")
     with tempfile.TemporaryDirectory(dir=Path(dst).parent) as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         # symbolic shape inference cannot follow the data-dependent padding amounts; ONNX's own inference can

@@ -556,7 +556,8 @@ def bundle_build(manifest_path: Path, precision: str | None, out_dir: Path, buil
 def main(argv=None) -> int:
     here = Path(__file__).resolve().parent
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--manifest", default=str(here / "manifest.json"), help="bundle manifest (default: next to this file)")
+    p.add_argument("--manifest", default=str(here / "manifest.json"),
+                   help="bundle manifest (default: next to this file)")
     p.add_argument("--precision", choices=PRECISIONS, help="which ONNX variant to build (default: the manifest's)")
     p.add_argument("--out-dir", default=str(here), help="where the engine goes (default: here)")
     p.add_argument("--timing-cache-dir", help="where timing caches go (default: --out-dir)")

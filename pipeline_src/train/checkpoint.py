@@ -1,7 +1,8 @@
 """Training state: everything a killed run needs to continue exactly where it stopped.
 
 `last.pt` (rolling, every `ckpt_every` steps) holds model, optimiser, AMP scaler, the step, the data position
-(epoch and batches consumed in it), the run's identity (what must match to resume), RNG states (python, numpy, torch CPU and CUDA) and the MLflow run id.
+(epoch and batches consumed in it), the run's identity (what must match to resume), RNG states (python, numpy,
+torch CPU and CUDA) and the MLflow run id.
 Written atomically (temp file + rename), loaded with `weights_only=True`. RNG states are stored as tensors or
 plain lists so that the safe loader accepts them.
 """

@@ -391,8 +391,8 @@ def _run_phase(job: PhaseJob, dist: DistInfo) -> dict[str, Any]:
                 window_n += 1
                 curves.add_loss(float(loss.detach()))
                 log_now = step % every["log_every"] == 0 or step == total_steps
-                progress.update(step, total_steps, {"loss": float(loss.detach()), "lr": optimizer.param_groups[0]["lr"]},
-                                line=log_now)
+                shown = {"loss": float(loss.detach()), "lr": optimizer.param_groups[0]["lr"]}
+                progress.update(step, total_steps, shown, line=log_now)
                 if log_now:
                     dt = time.perf_counter() - window_t0
                     metrics = {f"train/{k}": v / window_n for k, v in window.items()}

@@ -181,7 +181,8 @@ def test_device_build_without_tensorrt_says_so_and_writes_no_engine(bundle, tmp_
     device = tmp_path / "device"
     shutil.copytree(out, device)
     result = run_on_device(device, "build_engine.py", "--precision", "fp16")
-    assert result.returncode == 2 and "error: no engine: neither the tensorrt Python package nor trtexec" in result.stderr
+    assert result.returncode == 2
+    assert "error: no engine: neither the tensorrt Python package nor trtexec" in result.stderr
     assert json.loads((device / "build-fp16.json").read_text())["built"] is False
     script = subprocess.run(["sh", "build_engine.sh"], cwd=device, capture_output=True, text=True, timeout=60,
                             env={**os.environ, "PYTHON": sys.executable})

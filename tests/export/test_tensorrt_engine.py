@@ -91,7 +91,8 @@ def test_engines_and_caches_are_named_by_device_name_sm_count_architecture_and_t
     h200 = Device("NVIDIA H200", (9, 0), 132, {})
     assert engine_name("kpac", agx.key, "10.3.0.30", "fp16") == "kpac-orin_16sm-sm87-trt10.3.0-fp16.plan"
     assert engine_name("kpac", nano.key, "10.3.0.30", "fp16") == "kpac-orin_8sm-sm87-trt10.3.0-fp16.plan"
-    assert engine_name("kpac_dual", h200.key, "11.1.0", "int8") == "kpac_dual-nvidia_h200_132sm-sm90-trt11.1.0-int8.plan"
+    assert (engine_name("kpac_dual", h200.key, "11.1.0", "int8")
+            == "kpac_dual-nvidia_h200_132sm-sm90-trt11.1.0-int8.plan")
     assert timing_cache_name(agx.key, "10.3.0.30") == "timing-cache-orin_16sm-sm87-trt10.3.0.bin"
     assert device_slug("NVIDIA GeForce RTX 4090 (laptop)") == "nvidia_geforce_rtx_4090_laptop"
 
@@ -134,7 +135,8 @@ def test_precision_metadata_contradicting_the_graph_is_refused(variants, tmp_pat
 
 def test_comparison_inputs_are_test_images_cropped_to_the_profile(tiny_setup):
     meta = {"input_views": ["c"], "task": "restoration", "in_channels": 3}
-    inputs = comparison_inputs(str(tiny_setup["manifest"]), meta, {"min": (32, 32), "opt": (32, 48), "max": (32, 48)}, 4)
+    profile = {"min": (32, 32), "opt": (32, 48), "max": (32, 48)}
+    inputs = comparison_inputs(str(tiny_setup["manifest"]), meta, profile, 4)
     assert [(name, x.shape) for name, x in inputs] == [("000", (1, 3, 32, 48)), ("001", (1, 3, 32, 48))]
     noise = comparison_inputs(None, meta, {"min": (32, 32), "opt": (48, 64), "max": (64, 64)}, 4)
     assert [x.shape for _, x in noise] == [(1, 3, 32, 32), (1, 3, 48, 64)]

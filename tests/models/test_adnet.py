@@ -133,7 +133,8 @@ def _block_by_hand(block: ResidualAttentionBlock, x: torch.Tensor, serial: bool)
     assert spatial.shape == (x.shape[0], 1, *x.shape[2:])  # one weight per pixel, shared by all channels
     gated = y * spatial
     source = gated if serial else y
-    channel = torch.sigmoid(block.channel.excite(torch.relu(block.channel.squeeze(source.mean(dim=(2, 3), keepdim=True)))))
+    squeezed = torch.relu(block.channel.squeeze(source.mean(dim=(2, 3), keepdim=True)))
+    channel = torch.sigmoid(block.channel.excite(squeezed))
     return x + gated * channel
 
 

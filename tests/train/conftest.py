@@ -15,7 +15,8 @@ def cli(*args, env=None, check=True, **kw):
     r = subprocess.run([sys.executable, "-m", "pipeline_src", *map(str, args)], cwd=ROOT, capture_output=True,
                        text=True, env={**os.environ, **(env or {})}, **kw)
     if check and r.returncode != 0:
-        raise AssertionError(f"pipeline_src {' '.join(map(str, args))} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
+        command = " ".join(map(str, args))
+        raise AssertionError(f"pipeline_src {command} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
     return r
 
 

@@ -300,7 +300,8 @@ def detection_data(tmp_path_factory):
 
 def train(data: dict, recipe: Path, out: Path, phase: int = 1, option: str | None = None):
     cli("train", "--recipe", recipe, "--phase", phase, "--dataset", "synth", "--manifest", data["manifest"],
-        "--patches", data["patches"], "--out", out, "--preset", "smoke", "--seed", "0", *(["--option", option] if option else []),
+        "--patches", data["patches"], "--out", out, "--preset", "smoke", "--seed", "0",
+        *(["--option", option] if option else []),
         env=CHILD_ENV)
     return json.loads((out / "phase.json").read_text())
 

@@ -130,7 +130,8 @@ def check_physics(physics: Physics, where: str) -> None:
     scene = physics.scene
     if scene.object_diopters[0] <= scene.background_diopters[1]:
         problems.append(f"scene.object_diopters {list(scene.object_diopters)} must lie nearer (more dioptres) than "
-                        f"scene.background_diopters {list(scene.background_diopters)}, so objects occlude the background")
+                        f"scene.background_diopters {list(scene.background_diopters)}, so objects occlude the "
+                        "background")
     # The focus lands on a layer, and a thin lens cannot focus nearer than its focal length.
     if scene.object_diopters[1] >= 1000.0 / cam.focal_length_mm:
         problems.append(f"scene.object_diopters: {scene.object_diopters[1]} D is nearer than the focal length "
