@@ -20,7 +20,8 @@ depth: RGB clipped to [0, 1] (restoration) or the in-focus probability as a grey
 
 `--check` runs an engine on the bundle's stored check input and compares it with the stored output of the fp32
 model (made when the bundle was made), so no onnxruntime is needed on the device; the PSNR floor for the
-engine's precision is in the manifest. The check's report goes to a file (--report), never to standard output:
+engine's precision is in the manifest. An ONNX variant is checked the same way (its precision from the manifest's
+`variants`). The check's report goes to a file (--report), never to standard output:
 TensorRT's own logger and other libraries print there. TensorRT messages go to standard error through this
 script's own logger. Exit codes: 0 done (check passed), 1 check failed, 2 cannot run (the message says why).
 """
