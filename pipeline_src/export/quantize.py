@@ -98,32 +98,40 @@ def _reader(batches: list[np.ndarray], input_name: str):
 
 
 # ------------------------------------------------------------------------------------------- conversions
-def _copy_metadata(src, dst, precision: str) -> None:
-    keep = {e.key: e.value for e in src.metadata_props}
-    keep["pipeline.precision"] = precision
+def metadata_props(model) -> dict[str, str]:
+    return {e.key: e.value for e in model.metadata_props}
+
+
+def _copy_metadata(props: dict[str, str], dst, precision: str) -> None:
+    keep = {**props, "pipeline.precision": precision}
     del dst.metadata_props[:]
     for key, value in keep.items():
         entry = dst.metadata_props.add()
         entry.key, entry.value = key, value
 
 
-def make_fp16(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+def make_fp16(src: str | os.PathLike, dst: str | os.PathLike):
+    """Write the FP16 variant of `src` to `dst`; returns it (ModelProto) and the fp32 file's metadata."""
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
     from onnxruntime.transformers.onnx_model import OnnxModel
 
-    fp32 = onnx.load(str(src))
-    fp16 = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+    fp32 = onnx.load(str(src))  # read once, for the converter and for the metadata the variants keep
+    props = metadata_props(fp32)
+    fp16 = convert_float_to_float16(fp32, keep_io_types=True)
+    del fp32
     # the converter appends the input casts at the end of the node list; ONNX (and TensorRT's parser) want
     # nodes in topological order
     OnnxModel.graph_topological_sort(fp16.graph, is_deterministic=True)
-    _copy_metadata(fp32, fp16, "fp16")
+    _copy_metadata(props, fp16, "fp16")
     onnx.checker.check_model(fp16)
     onnx.save(fp16, str(dst))
+    return fp16, props
 
 
 def make_int8(src: str | os.PathLike, dst: str | os.PathLike, batches: list[np.ndarray], qcfg: dict[str, Any],
-              input_name: str) -> None:
+              input_name: str, props: dict[str, str]):
+    """Write the INT8 (Q/DQ) variant of `src` to `dst`, with `src`'s metadata `props`; returns it (ModelProto)."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -153,9 +161,10 @@ def make_int8(src: str | os.PathLike, dst: str | os.PathLike, batches: list[np.n
         )
     int8 = onnx.load(str(dst))
     require_float(int8, kept_float, str(dst))
-    _copy_metadata(onnx.load(str(src), load_external_data=False), int8, "int8")
+    _copy_metadata(props, int8, "int8")
     onnx.checker.check_model(int8)
     onnx.save(int8, str(dst))
+    return int8
 
 
 # -------------------------------------------------------------------------------------------- evaluation
@@ -225,8 +234,6 @@ def summarise(rows: dict[str, list[dict[str, Any]]], task: str, qcfg: dict[str, 
 def quantize_model(onnx_path: str, manifest: str, patches: str, cfg: dict[str, Any],
                    out: str | os.PathLike | None = None, metrics: str | os.PathLike | None = None) -> dict[str, Any]:
     """The stage's work; returns the quality report (also written to quality.json)."""
-    import onnx
-
     from pipeline_src.export.onnx_export import onnx_metadata
     from pipeline_src.export.op_audit import audit_model, load_op_table, require_supported
     from pipeline_src.export.qdq_policy import ops_to_quantize
@@ -252,12 +259,13 @@ def quantize_model(onnx_path: str, manifest: str, patches: str, cfg: dict[str, A
     scratch = Path(tempfile.mkdtemp(prefix=f".{names['fp16'].name}.{os.getpid()}.", suffix=".partial", dir=out))
     try:
         candidates = {"fp32": src, "fp16": scratch / "model_fp16.onnx", "int8": scratch / "model_int8.onnx"}
-        make_fp16(src, candidates["fp16"])
-        make_int8(src, candidates["int8"], batches, qcfg, input_name)
-        audits = {}
-        for name in ("fp16", "int8"):
-            audits[name] = audit_model(onnx.load(str(candidates[name])), table)
-            require_supported(audits[name], f"{names[name]} (made from {src})")
+        # each variant audited as made, from memory, and dropped (ATTSF's FP16 proto is 180 MB)
+        fp16, props = make_fp16(src, candidates["fp16"])
+        audits = {"fp16": audit_model(fp16, table)}
+        del fp16
+        require_supported(audits["fp16"], f"{names['fp16']} (made from {src})")
+        audits["int8"] = audit_model(make_int8(src, candidates["int8"], batches, qcfg, input_name, props), table)
+        require_supported(audits["int8"], f"{names['int8']} (made from {src})")
         rows = evaluate_variants(candidates, manifest, meta, input_name, qcfg["max_test_images"])
         report = summarise(rows, meta["task"], qcfg)
         quantized, kept_float = ops_to_quantize(qcfg)

@@ -39,7 +39,7 @@ def test_fp16_variant_has_half_weights_and_float32_io(quantized):
     assert meta["pipeline.precision"] == "fp16" and meta["pipeline.model"] == "tiny_export_restorer"
 
 
-def test_int8_variant_is_symmetric_per_channel_qdq_with_float_bias(quantized):
+def test_int8_variant_is_symmetric_per_channel_qdq_with_float_bias(quantized, exported):
     out, _ = quantized
     proto = onnx.load(str(out / "model_int8.onnx"))
     inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
@@ -53,6 +53,9 @@ def test_int8_variant_is_symmetric_per_channel_qdq_with_float_bias(quantized):
         if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2:
             assert not inits[n.input[2]].any()  # zero points are 0: symmetric
     assert not any("bias" in n.input[0] for n in dq)
+    # the fp32 file's metadata, with its own precision
+    fp32 = {e.key: e.value for e in onnx.load(str(exported / "model.onnx")).metadata_props}
+    assert {e.key: e.value for e in proto.metadata_props} == {**fp32, "pipeline.precision": "int8"}
 
 
 def test_quality_report_scores_every_variant_against_fp32(quantized, tiny_setup):
