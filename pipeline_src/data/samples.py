@@ -63,6 +63,13 @@ def samples_of(manifest: dict, split: str) -> list[tuple[int, dict]]:
     return [(i, s) for i, s in enumerate(manifest["samples"]) if s["split"] == split]
 
 
+def sample_files(manifest: dict, sample: dict, root: str | os.PathLike | None = None) -> list[Path]:
+    """The files `load_sample` reads for `sample` (inputs, target, mask, defocus map)."""
+    base = Path(manifest["root"] if root is None else root)
+    rels = [*sample["inputs"].values(), sample["target"], sample["mask"], sample["defocus"]]
+    return [base / rel for rel in rels if rel is not None]
+
+
 def array_keys(manifest: dict) -> list[str]:
     """The keys `load_sample` returns for this manifest, in a fixed order."""
     keys = list(manifest["views"])

@@ -88,6 +88,22 @@ def iter_test_inputs(manifest_path: str | os.PathLike, views, limit: int | None 
         yield sample["id"], x, target, bit_depth_of(arrays[views[0]])
 
 
+def require_split_files(manifest_path: str | os.PathLike, limit: int | None = None, split: str = "test") -> None:
+    """Refuse, naming the first missing file, before long work whose end reads the split (iter_test_inputs)."""
+    from pipeline_src.data.samples import load_manifest, sample_files, samples_of
+    from pipeline_src.fileio import ImageReadError
+
+    manifest = load_manifest(manifest_path)
+    samples = [s for _, s in samples_of(manifest, split)]
+    if not samples:
+        raise ValueError(f"{manifest_path}: no {split!r} samples; its splits: {manifest['splits']}")
+    for sample in samples[:limit]:
+        for path in sample_files(manifest, sample):
+            if not path.is_file():
+                raise ImageReadError(f"{path}: no such file ({split} sample {sample['id']!r} of {manifest_path}); "
+                                     "restore it or re-run `index` on the dataset")
+
+
 def views_to_input(arrays: dict[str, np.ndarray], views) -> np.ndarray:
     """{view: H x W x 3 uint8/uint16} -> 1 x 3*len(views) x H x W float32 in [0, 1], views in model order."""
     from pipeline_src.fileio import to_float

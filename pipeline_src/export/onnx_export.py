@@ -78,8 +78,14 @@ def check_model(path: str | os.PathLike) -> None:
 def onnx_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """The pipeline's metadata written at export (keys without the prefix, JSON values decoded)."""
     import onnx
+    from google.protobuf.message import DecodeError
 
-    proto = onnx.load(str(path), load_external_data=False)
+    if not Path(path).is_file():
+        raise ExportError(f"{path}: no such ONNX file; run export-onnx first")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except DecodeError as exc:
+        raise ExportError(f"{path}: not a readable ONNX file ({exc}); run export-onnx again") from exc
     out = {}
     for entry in proto.metadata_props:
         if entry.key.startswith(METADATA_PREFIX):
@@ -89,7 +95,8 @@ def onnx_metadata(path: str | os.PathLike) -> dict[str, Any]:
             except json.JSONDecodeError:
                 out[key] = entry.value
     if not out:
-        raise ValueError(f"{path}: no {METADATA_PREFIX}* metadata; export it with `python -m pipeline_src export-onnx`")
+        raise ExportError(f"{path}: no {METADATA_PREFIX}* metadata; export it with "
+                          "`python -m pipeline_src export-onnx`")
     return out
 
 

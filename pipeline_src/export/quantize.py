@@ -54,22 +54,28 @@ def add_arguments(parser) -> None:
 # ------------------------------------------------------------------------------------------- calibration
 def calibration_batches(patch_dir: str | os.PathLike, views, count: int, batch: int, seed: int) -> list[np.ndarray]:
     """`count` training patches (seeded draw, views concatenated in model order) as N x C x S x S float32 batches."""
+    from pipeline_src.errors import DataError
+
     patch_dir = Path(patch_dir)
     arrays = {}
     for v in views:
         path = patch_dir / f"{v}.npy"
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: no patch array for view {v!r} (the model reads views {list(views)})")
-        arrays[v] = np.load(path, mmap_mode="r")
+            raise DataError(f"{path}: no patch array for view {v!r} (the model reads views {list(views)}); "
+                            "pass the train split's patch folder, or build it with the patches stage")
+        try:
+            arrays[v] = np.load(path, mmap_mode="r")
+        except (ValueError, OSError) as exc:
+            raise DataError(f"{path}: not a readable .npy array ({exc}); rebuild it with the patches stage") from exc
         if arrays[v].ndim != 4 or arrays[v].shape[-1] != 3 or arrays[v].dtype not in (np.uint8, np.uint16):
-            raise ValueError(f"{path}: expected (N, S, S, 3) uint8/uint16 patches, "
-                             f"got {arrays[v].shape} {arrays[v].dtype}")
+            raise DataError(f"{path}: expected (N, S, S, 3) uint8/uint16 patches, "
+                            f"got {arrays[v].shape} {arrays[v].dtype}")
     n = {v: a.shape[0] for v, a in arrays.items()}
     if len(set(n.values())) != 1:
-        raise ValueError(f"{patch_dir}: views hold different patch counts {n}")
+        raise DataError(f"{patch_dir}: views hold different patch counts {n}")
     total = next(iter(n.values()))
     if count < 1 or total < 1:
-        raise ValueError(f"{patch_dir}: need at least one calibration patch (asked {count}, have {total})")
+        raise DataError(f"{patch_dir}: need at least one calibration patch (asked {count}, have {total})")
     picks = np.sort(np.random.default_rng(seed).choice(total, size=min(count, total), replace=False))
     out = []
     for start in range(0, len(picks), batch):
@@ -234,6 +240,7 @@ def summarise(rows: dict[str, list[dict[str, Any]]], task: str, qcfg: dict[str, 
 def quantize_model(onnx_path: str, manifest: str, patches: str, cfg: dict[str, Any],
                    out: str | os.PathLike | None = None, metrics: str | os.PathLike | None = None) -> dict[str, Any]:
     """The stage's work; returns the quality report (also written to quality.json)."""
+    from pipeline_src.export import require_split_files
     from pipeline_src.export.onnx_export import onnx_metadata
     from pipeline_src.export.op_audit import audit_model, load_op_table, require_supported
     from pipeline_src.export.qdq_policy import ops_to_quantize
@@ -250,6 +257,7 @@ def quantize_model(onnx_path: str, manifest: str, patches: str, cfg: dict[str, A
     for stale in (names["fp16"], names["int8"], quality_path, metrics_path):  # the marker (engine's input) first
         if stale is not None:
             stale.unlink(missing_ok=True)
+    require_split_files(manifest, qcfg["max_test_images"])  # now, not after minutes of calibration
     table = load_op_table(cfg["onnx"]["op_table"])
 
     batches = calibration_batches(patches, meta["input_views"], int(qcfg["calibration_patches"]),

@@ -1,5 +1,6 @@
 """quantize: FP16 keeps fp32 I/O, INT8 has symmetric per-channel Q/DQ, quality report, the INT8 gate."""
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -8,6 +9,7 @@ import pytest
 from onnx import numpy_helper
 
 from pipeline_src.cli import main as cli_main
+from pipeline_src.errors import DataError
 from pipeline_src.export import load_export_config
 from pipeline_src.export.quantize import calibration_batches, psnr, quantize_model
 from tests.export.conftest import EXPORT_CONFIG, OP_TABLE
@@ -129,6 +131,43 @@ def test_the_tracked_run_holds_the_report_and_names_each_variant_file_by_hash(ex
     assert run.data.tags["int8.sha256"] == sha256_file(out / "model_int8.onnx")
 
 
+def test_a_missing_test_image_is_named_before_calibration_and_nothing_is_written(exported, tiny_setup, tmp_path,
+                                                                                 capsys):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(Path(tiny_setup["manifest"]).parent, data)
+    manifest = json.loads(Path(tiny_setup["manifest"]).read_text())
+    manifest["root"] = str(data)
+    moved = tmp_path / "manifest.json"
+    moved.write_text(json.dumps(manifest))
+    last = [s for s in manifest["samples"] if s["split"] == "test"][-1]  # not the first: every file is checked
+    (data / last["target"]).unlink()
+    cfg_path = tmp_path / "export.yaml"
+    cfg_path.write_text(EXPORT_CONFIG.read_text().replace("config/tensorrt_onnx_ops.yaml", str(OP_TABLE)))
+    out = tmp_path / "q"
+    # the patch folder does not exist either: the test image is named first, so it was checked before calibration
+    rc = cli_main(["quantize", "--onnx", str(exported / "model.onnx"), "--manifest", str(moved), "--patches",
+                   str(tmp_path / "no-patches"), "--out", str(out), "--config", str(cfg_path), "--no-tracking"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert f"{data / last['target']}: no such file (test sample {last['id']!r} of {moved})" in err
+    assert not out.exists() or not any(out.iterdir())  # no variant, report or scratch folder
+
+
+@pytest.mark.parametrize("fault", ["missing", "cut"])
+def test_a_missing_or_cut_onnx_file_is_one_line_from_the_command(fault, exported, tiny_setup, tmp_path, capsys):
+    onnx_path = tmp_path / "model.onnx"
+    if fault == "cut":
+        onnx_path.write_bytes((exported / "model.onnx").read_bytes()[:1000])
+    rc = cli_main(["quantize", "--onnx", str(onnx_path), "--manifest", str(tiny_setup["manifest"]), "--patches",
+                   str(tiny_setup["patches"]), "--out", str(tmp_path / "q"), "--no-tracking"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "Traceback" not in err
+    said = {"missing": "no such ONNX file; run export-onnx first", "cut": "not a readable ONNX file"}[fault]
+    assert err.startswith(f"error: {onnx_path}: {said}")
+
+
 def test_calibration_draws_the_configured_number_of_patches_in_model_view_order(tmp_path):
     a = np.zeros((10, 8, 8, 3), np.uint16)
     b = np.full((10, 8, 8, 3), 65535, np.uint16)
@@ -141,10 +180,24 @@ def test_calibration_draws_the_configured_number_of_patches_in_model_view_order(
 
 def test_calibration_refuses_a_missing_view_and_bad_arrays(tmp_path):
     np.save(tmp_path / "c.npy", np.zeros((4, 8, 8, 3), np.float32))
-    with pytest.raises(FileNotFoundError, match="l.npy"):
+    with pytest.raises(DataError, match="l.npy: no patch array for view 'l'"):
         calibration_batches(tmp_path, ["l"], 4, 2, 0)
-    with pytest.raises(ValueError, match="uint8/uint16"):
+    with pytest.raises(DataError, match="uint8/uint16"):
         calibration_batches(tmp_path, ["c"], 4, 2, 0)
+    (tmp_path / "t.npy").write_bytes(np.lib.format.MAGIC_PREFIX + b"\x01\x00")  # a cut header
+    with pytest.raises(DataError, match="t.npy: not a readable .npy array"):
+        calibration_batches(tmp_path, ["t"], 4, 2, 0)
+
+
+def test_a_missing_patch_folder_is_one_line_from_the_command(exported, tiny_setup, tmp_path, capsys):
+    cfg_path = tmp_path / "export.yaml"
+    cfg_path.write_text(EXPORT_CONFIG.read_text().replace("config/tensorrt_onnx_ops.yaml", str(OP_TABLE)))
+    rc = cli_main(["quantize", "--onnx", str(exported / "model.onnx"), "--manifest", str(tiny_setup["manifest"]),
+                   "--patches", str(tmp_path / "no-patches"), "--out", str(tmp_path / "q"), "--config",
+                   str(cfg_path), "--no-tracking"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert err.startswith(f"error: {tmp_path / 'no-patches' / 'c.npy'}: no patch array for view 'c'")
 
 
 def test_psnr_is_capped_for_identical_images_and_known_for_a_constant_error():
