@@ -63,6 +63,18 @@ def format_size(height: int, width: int) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- samples
+def split_samples(manifest_path: str | os.PathLike, split: str) -> tuple[dict, list[dict]]:
+    """(manifest, the split's samples), refused in one line when the split has none."""
+    from pipeline_src.data.samples import load_manifest, samples_of
+    from pipeline_src.errors import DataError
+
+    manifest = load_manifest(manifest_path)
+    samples = [s for _, s in samples_of(manifest, split)]
+    if not samples:
+        raise DataError(f"{manifest_path}: no {split!r} samples; its splits: {manifest['splits']}")
+    return manifest, samples
+
+
 def iter_test_inputs(manifest_path: str | os.PathLike, views, limit: int | None = None,
                      task: str = "restoration", split: str = "test"
                      ) -> Iterator[tuple[str, np.ndarray, np.ndarray | None, int]]:
@@ -71,13 +83,10 @@ def iter_test_inputs(manifest_path: str | os.PathLike, views, limit: int | None 
     The target is what the model's output is scored against: the sharp image (H x W x 3 float32 in [0, 1])
     for restoration, the in-focus mask (H x W float32, 1 = in focus) for detection, None if the set has none.
     """
-    from pipeline_src.data.samples import load_manifest, load_sample, samples_of
+    from pipeline_src.data.samples import load_sample
     from pipeline_src.fileio import bit_depth_of, to_float
 
-    manifest = load_manifest(manifest_path)
-    samples = [s for _, s in samples_of(manifest, split)]
-    if not samples:
-        raise ValueError(f"{manifest_path}: no {split!r} samples; its splits: {manifest['splits']}")
+    manifest, samples = split_samples(manifest_path, split)
     for sample in samples[:limit]:
         arrays = load_sample(manifest, sample)
         x = views_to_input(arrays, views)
@@ -90,13 +99,10 @@ def iter_test_inputs(manifest_path: str | os.PathLike, views, limit: int | None 
 
 def require_split_files(manifest_path: str | os.PathLike, limit: int | None = None, split: str = "test") -> None:
     """Refuse, naming the first missing file, before long work whose end reads the split (iter_test_inputs)."""
-    from pipeline_src.data.samples import load_manifest, sample_files, samples_of
+    from pipeline_src.data.samples import sample_files
     from pipeline_src.fileio import ImageReadError
 
-    manifest = load_manifest(manifest_path)
-    samples = [s for _, s in samples_of(manifest, split)]
-    if not samples:
-        raise ValueError(f"{manifest_path}: no {split!r} samples; its splits: {manifest['splits']}")
+    manifest, samples = split_samples(manifest_path, split)
     for sample in samples[:limit]:
         for path in sample_files(manifest, sample):
             if not path.is_file():

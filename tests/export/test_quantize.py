@@ -155,6 +155,17 @@ def test_a_missing_test_image_is_named_before_calibration_and_nothing_is_written
     assert not out.exists() or not any(out.iterdir())  # no variant, report or scratch folder
 
 
+def test_a_manifest_without_test_samples_is_one_line(exported, tiny_setup, tmp_path, capsys):
+    manifest = json.loads(Path(tiny_setup["manifest"]).read_text())
+    manifest["samples"] = [s for s in manifest["samples"] if s["split"] != "test"]
+    trimmed = tmp_path / "manifest.json"
+    trimmed.write_text(json.dumps(manifest))
+    rc = cli_main(["quantize", "--onnx", str(exported / "model.onnx"), "--manifest", str(trimmed), "--patches",
+                   str(tiny_setup["patches"]), "--out", str(tmp_path / "q"), "--no-tracking"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and f"error: {trimmed}: no 'test' samples" in err
+
+
 @pytest.mark.parametrize("fault", ["missing", "cut"])
 def test_a_missing_or_cut_onnx_file_is_one_line_from_the_command(fault, exported, tiny_setup, tmp_path, capsys):
     onnx_path = tmp_path / "model.onnx"
