@@ -165,6 +165,18 @@ def test_multiscale_mse_sums_over_the_list():
     assert _single("multiscale_mse", pred, target).item() == pytest.approx(F.mse_loss(pred, target).item())
 
 
+def test_multiscale_mse_with_tf1_resize_compares_with_every_kth_target_pixel():
+    pred, target = _images((1, 3, 16, 20))
+    preds = [target[..., ::4, ::4] + 0.1, target[..., ::2, ::2] + 0.2, pred]
+    expected = 0.1 ** 2 + 0.2 ** 2 + F.mse_loss(pred, target).item()
+    assert _single("multiscale_mse", preds, target, resize="tf1").item() == pytest.approx(expected, rel=1e-9)
+    assert _single("multiscale_mse", preds, target).item() != pytest.approx(expected, rel=1e-3)  # half-pixel
+    with pytest.raises(ValueError, match="target 16x20 is not an exact multiple of the prediction 6x7"):
+        _single("multiscale_mse", [torch.zeros(1, 3, 6, 7, dtype=torch.float64), pred], target, resize="tf1")
+    with pytest.raises(ValueError, match="resize='area'; accepted: half_pixel, tf1"):
+        _single("multiscale_mse", pred, target, resize="area")
+
+
 def test_adnet_combination_weights_and_logged_terms():
     pred, target = _images((1, 3, 16, 20))
     preds = [F.interpolate(pred, size=(8, 10), mode="bilinear", align_corners=False), pred]

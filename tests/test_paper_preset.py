@@ -28,7 +28,8 @@ def real_dataset_config(cfg: dict) -> dict:
                                                          "after": after}
     trained = {f"{r}-{d}": {"recipe": r, "dataset": d, "phase": n} for r, (d, n) in PHASES.items()}
     cfg["evaluate"], cfg["export"] = dict(trained), dict(trained)
-    cfg["authors_weights"] = {"kpac_single_2level-dpdd": {"weights": "kpac_single_2level", "dataset": "dpdd"}}
+    cfg["authors_weights"] = {"kpac_single_2level-dpdd": {"weights": "kpac_single_2level", "dataset": "dpdd"},
+                              "adnet_gopro-gopro": {"weights": "adnet_gopro", "dataset": "gopro"}}
     return cfg
 
 
@@ -46,8 +47,9 @@ def test_paper_preset_plans_all_five_papers_on_the_real_datasets_in_snakemake_an
     planned = r.stdout
     for recipe, (dataset, phases) in PHASES.items():
         assert f"data/runs/{recipe}/{dataset}/phase{phases}/final.pt" in planned, recipe
-    assert "data/runs/authors/kpac_single_2level/final.pt" in planned
-    assert "data/metrics/kpac_single_2level-dpdd.record.json" in planned
+    for weights, dataset in (("kpac_single_2level", "dpdd"), ("adnet_gopro", "gopro")):
+        assert f"data/runs/authors/{weights}/final.pt" in planned
+        assert f"data/metrics/{weights}-{dataset}.record.json" in planned
 
     # DVC's equivalent: the preset set where DVC reads it, then the plan (`dvc repro --dry` cannot plan past a
     # stage whose output does not exist yet: it hashes the next stage's missing deps; `dvc status` lists every
@@ -59,7 +61,8 @@ def test_paper_preset_plans_all_five_papers_on_the_real_datasets_in_snakemake_an
     status = json.loads(d.stdout)
     for recipe, (dataset, phases) in PHASES.items():
         assert f"train@{recipe}-{dataset}-p{phases}" in status, recipe
-    assert "evaluate_authors@kpac_single_2level-dpdd" in status and "import_weights@kpac_single_2level-dpdd" in status
+    for name in ("kpac_single_2level-dpdd", "adnet_gopro-gopro"):
+        assert f"evaluate_authors@{name}" in status and f"import_weights@{name}" in status
     assert not [s for s in status if "synthesize" in s]
 
     # and the two plans are the same jobs

@@ -1,8 +1,10 @@
 """Sum over scales of the MSE against the target resized to each scale (ADNet, PAPERS.md §4.2).
 
-`pred` is the coarse -> fine list of a multi-scale model (a single tensor counts as one scale). The target is
-resized bilinearly (align_corners=False, no antialiasing) to each prediction's size; the scales are unweighted.
-TF1's resize in ADNet's code samples without the half-pixel offset, a sub-pixel difference.
+`pred` is the coarse -> fine list of a multi-scale model (a single tensor counts as one scale); the scales are
+unweighted. The target is resized to each prediction's size the way the model resizes its input (`resize`, set
+from the recipe's model args by train/batches.py): "half_pixel", bilinear with align_corners=False and no
+antialiasing, or "tf1", TF1 `resize_images` as ADNet's code resizes its ground truth, which at ADNet's exact
+1/2 and 1/4 keeps every 2nd or 4th pixel.
 """
 from __future__ import annotations
 
@@ -14,6 +16,12 @@ from pipeline_src.losses import LOSSES
 
 @LOSSES.register("multiscale_mse")
 class MultiScaleMSELoss(nn.Module):
+    def __init__(self, resize: str = "half_pixel"):
+        super().__init__()
+        if resize not in ("half_pixel", "tf1"):
+            raise ValueError(f"loss 'multiscale_mse': resize={resize!r}; accepted: half_pixel, tf1")
+        self.resize = resize
+
     def forward(self, pred, target):
         preds = list(pred) if isinstance(pred, (list, tuple)) else [pred]
         if not preds:
@@ -25,6 +33,15 @@ class MultiScaleMSELoss(nn.Module):
                                  f"{tuple(target.shape)} differ in batch or channels")
             t = target
             if p.shape[-2:] != target.shape[-2:]:
-                t = F.interpolate(target, size=p.shape[-2:], mode="bilinear", align_corners=False)
+                t = self._resized(target, p.shape[-2:])
             total = total + F.mse_loss(p, t)
         return total
+
+    def _resized(self, target, size):
+        if self.resize == "half_pixel":
+            return F.interpolate(target, size=size, mode="bilinear", align_corners=False)
+        (h, w), (th, tw) = size, target.shape[-2:]
+        if th % h or tw % w or th // h != tw // w:
+            raise ValueError(f"loss 'multiscale_mse' (resize tf1): target {th}x{tw} is not an exact multiple of the "
+                             f"prediction {h}x{w}")
+        return target[..., :: th // h, :: tw // w]  # TF1 bilinear at an exact 1/k: src = k * dst, whole pixels

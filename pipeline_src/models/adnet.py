@@ -18,13 +18,17 @@ One encoder-decoder (widths 32 / 64 / 128; RAB = residual attention block, layer
 Paper vs code (paper is the default, code is an option):
 - `attention_order="parallel"` (paper Eq. 6: spatial and channel maps both from the conv output) or
   "serial" (code: channel attention computed after the spatial gate). Same parameters.
+- `resize="half_pixel"` (default; the paper only says "bilinear") or "tf1" (code: TF1 `resize_images`, which
+  samples at src = dst * in / out with no half-pixel offset). With "tf1" a 1/2 or 1/4 downscale keeps every 2nd or
+  4th pixel and a x2 upscale puts each source pixel on the even rows and columns and averages neighbours between
+  them; the authors' released weights (weights_import/adnet.py) are imported with it and reproduce their graph.
+  "half_pixel" is PyTorch's `align_corners=False`: the coarse inputs are shifted by a fraction of a pixel.
 Porting choices, not paper/code conflicts:
-- Bilinear resizes use PyTorch's half-pixel `align_corners=False`; TF1's `resize_images` samples at
-  src = dst * scale (no half-pixel offset), so the downscaled inputs are shifted by a fraction of a pixel.
 - Stride-2 5x5 convs pad (1, 2) like TF 'SAME' on even sizes; 4x4 deconvs pad 1, which equals TF 'SAME'.
 - Weights Xavier-uniform, biases zero (paper Sec. 4.2 and the code's arg_scope).
 - Training mode returns the 3 raw predictions (no clamping, the loss sees them as they are); eval mode
-  returns the finest one clamped to [0, 1], the model contract's range.
+  returns the finest one clamped to [0, 1], the model contract's range. `predictions(x)` gives the raw ones in
+  either mode (the import's reference check compares the authors' unclipped output with it).
 """
 from __future__ import annotations
 
@@ -75,8 +79,21 @@ class EncoderDecoder(nn.Module):
         return self.dec1(y)
 
 
+RESIZES = ("half_pixel", "tf1")
+
+
 def _resize(x: torch.Tensor, size) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+def _resize_tf1(x: torch.Tensor, factor: int, up: bool) -> torch.Tensor:
+    """TF1 `resize_images` (bilinear, src = dst * in / out) for the exact factors ADNet's padding guarantees."""
+    if not up:
+        return x[..., ::factor, ::factor]  # src = factor * dst: whole pixels, no interpolation
+    for dim in (2, 3):  # x2: out[2i] = in[i], out[2i + 1] = (in[i] + in[i + 1]) / 2, the last edge-clamped
+        nxt = torch.cat([x.narrow(dim, 1, x.shape[dim] - 1), x.narrow(dim, x.shape[dim] - 1, 1)], dim=dim)
+        x = torch.stack([x, (x + nxt) * 0.5], dim=dim + 1).flatten(dim, dim + 1)
+    return x
 
 
 class ADNet(nn.Module):
@@ -85,8 +102,11 @@ class ADNet(nn.Module):
     size_multiple = 2 ** (N_SCALES - 1) * 4  # two stride-2 stages at the coarsest scale (1/4): 16
 
     def __init__(self, widths=(32, 64, 128), blocks_per_group: int = 3, kernel_size: int = 5,
-                 reduction: int = 16, attention_order: str = "parallel"):
+                 reduction: int = 16, attention_order: str = "parallel", resize: str = "half_pixel"):
         super().__init__()
+        if resize not in RESIZES:
+            raise ValueError(f"resize={resize!r}; accepted: {', '.join(RESIZES)}")
+        self.resize = resize
         if len(widths) != 3:
             raise ValueError(f"widths={widths!r}; ADNet needs three widths (full, 1/2, 1/4 resolution)")
         self.net = EncoderDecoder(6, 3, widths, blocks_per_group, kernel_size=kernel_size,
@@ -100,6 +120,11 @@ class ADNet(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor):
+        predictions = self.predictions(x)
+        return predictions if self.training else predictions[-1].clamp(0.0, 1.0)
+
+    def predictions(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The three scales' raw predictions, coarse to fine, each cropped to cover the unpadded input."""
         if not torch.jit.is_tracing() and (x.dim() != 4 or x.shape[1] != 3):
             raise ValueError(f"ADNet expects N x 3 x H x W (the blurry RGB image), got {tuple(x.shape)}")
         x_pad, (h, w) = pad_to_multiple(x, self.size_multiple)
@@ -109,15 +134,17 @@ class ADNet(nn.Module):
         previous = None
         for factor in factors:
             size = (hp // factor, wp // factor)
-            blur = x_pad if factor == 1 else _resize(x_pad, size)
             # The coarsest scale's "previous prediction" is the blurry image itself.
-            prev = blur if previous is None else _resize(previous.detach(), size)
+            if self.resize == "tf1":
+                blur = x_pad if factor == 1 else _resize_tf1(x_pad, factor, up=False)
+                prev = blur if previous is None else _resize_tf1(previous.detach(), 2, up=True)
+            else:
+                blur = x_pad if factor == 1 else _resize(x_pad, size)
+                prev = blur if previous is None else _resize(previous.detach(), size)
             previous = self.net(torch.cat([blur, prev], dim=1))
             predictions.append(previous)
-        if self.training:
-            # Each scale cropped to the part that covers the unpadded input (ceil(h / factor)).
-            return [crop_to(p, (-(-h // f), -(-w // f))) for p, f in zip(predictions, factors)]
-        return crop_to(predictions[-1], (h, w)).clamp(0.0, 1.0)
+        return [crop_to(p, (-(-h // f), -(-w // f))) for p, f in zip(predictions, factors)]
+
 
 @MODELS.register("adnet")
 def build_adnet(**kwargs) -> ADNet:

@@ -61,8 +61,12 @@ def to_device(batch: dict[str, torch.Tensor], model, device: torch.device):
 
 
 def loss_options(recipe: dict, phase: dict, weights_dir: Path) -> dict:
-    """Per-loss construction arguments the recipe implies (the perceptual loss's VGG19 weight file)."""
+    """Per-loss construction arguments the recipe implies: the perceptual loss's VGG19 weight file; the multi-scale
+    MSE resizes its target as the model resizes its input (ADNet's `resize`)."""
     opts: dict = {}
+    resize = (recipe.get("model", {}).get("args") or {}).get("resize")
+    if resize is not None and "multiscale_mse" in phase["loss"]:
+        opts["multiscale_mse"] = {"resize": resize}
     role = recipe.get("weights", {}).get("perceptual")
     if role is not None and "perceptual" in phase["loss"]:
         from pipeline_src.config import REPO_ROOT

@@ -2,9 +2,12 @@
 
     python -m pipeline_src import-weights kpac_single_2level --file data/weights/kpac_single_2level.npz \
         --out data/runs/kpac/dpdd-authors/final.pt
+    python -m pipeline_src import-weights adnet_gopro --out data/runs/authors/adnet_gopro/final.pt
 
-Reads the released file safely (no pickled code runs), checks every array's name, shape and values against
-the model, and writes, together (fileio.output_set, final.pt last):
+Without --file, the file `fetch NAME` puts in data/weights/ (the registry's filename) is read. Reads the released
+file safely (no pickled code runs; a TensorFlow checkpoint's index and data shard by hand, every tensor's CRC32C
+checked), checks every array's name, shape and values against the model, and writes, together
+(fileio.output_set, final.pt last):
 - `final.pt`: the model_io format (model name and every constructor argument, state dict, input views, ...)
   plus `recipe`, `protocol` (the one the authors' evaluation used, so `evaluate` picks it) and `provenance`
   (source "authors' release", file, sha256, git blob check, repository, commit);
@@ -26,14 +29,20 @@ from pipeline_src.weights_import import AUTHORS_RELEASE, IMPORTS
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", choices=IMPORTS.names(), metavar="NAME",
                         help=f"the release to import: {', '.join(IMPORTS.names())}")
-    parser.add_argument("--file", required=True, type=Path,
-                        help="the released file, e.g. data/weights/kpac_single_2level.npz (`fetch NAME` puts it there)")
+    parser.add_argument("--file", type=Path,
+                        help="the released file, e.g. data/weights/kpac_single_2level.npz, or a TensorFlow "
+                             "checkpoint's .index with its data shard beside it (default: the file `fetch NAME` "
+                             "puts in --weights-dir)")
+    parser.add_argument("--weights-dir", type=Path, default=Path("data/weights"),
+                        help="where `fetch` puts weight files (default: %(default)s)")
+    parser.add_argument("--registry", type=Path, default=Path("config/datasets.yaml"),
+                        help="the registry naming each release's file (default: %(default)s)")
     parser.add_argument("--out", required=True, type=Path, help="the model file to write, e.g. data/runs/kpac/"
                                                                 "dpdd-authors/final.pt (phase.json goes beside it)")
     parser.add_argument("--check-against", type=Path, metavar="IO_NPZ",
                         help="an npz of one input and the authors' graph's output on it (views c[, l, r] in 0..255, "
-                             "`output` in [-1, 1]): fail unless the import matches it within 1e-5 in [0, 1] units; "
-                             "the difference is recorded")
+                             "`output` in [-1, 1] or in its `output_range`): fail unless the import matches it "
+                             "within 1e-5 in [0, 1] units; the difference is recorded")
     parser.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
 
 
@@ -45,6 +54,13 @@ def run(args: argparse.Namespace) -> int:
         raise PipelineError(f"--out {args.out}: expected the model file's path ending in .pt, e.g. "
                             f"data/runs/kpac/dpdd-authors/final.pt")
     spec = IMPORTS.build(args.name)
+    if args.file is None:
+        from pipeline_src.data.registry import load_registry
+
+        args.file = args.weights_dir / load_registry(args.registry).weight(spec.name).filename
+        if not args.file.is_file():
+            raise PipelineError(f"{args.file}: not there; get it with `python -m pipeline_src fetch {spec.name}`"
+                                + (f" and `fetch {spec.name}_data`" if spec.data_file else "") + ", or pass --file")
     model, provenance, digest = import_release(spec, args.file, args.check_against)
     tags = {"pipeline.role": "import-weights", "paper": spec.paper, "recipe": spec.recipe, "import": spec.name,
             "source": AUTHORS_RELEASE, "protocol": spec.protocol, "weights.sha256": provenance["sha256"],
@@ -80,13 +96,19 @@ def import_release(spec, path: Path, check_against: Path | None = None):
     from pipeline_src.weights_import.provenance import provenance_record
     from pipeline_src.weights_import.reference_check import check_against_reference
     from pipeline_src.weights_import.tensorlayer_npz import read_tensorlayer_npz
+    from pipeline_src.weights_import.tf_checkpoint import TFCheckpoint
 
-    arrays = read_tensorlayer_npz(path)
+    if spec.format == "tf_checkpoint":
+        contents = TFCheckpoint(path)
+        path = contents.index_path  # PREFIX, PREFIX.index or a data shard given: the provenance names the index
+    else:
+        contents = read_tensorlayer_npz(path)
     model = build_model(spec.model_name, **spec.model_args)
-    model.load_state_dict(spec.to_state_dict(arrays, model, path), strict=True)
+    model.load_state_dict(spec.to_state_dict(contents, model, path), strict=True)
     model.eval()
     provenance = provenance_record(spec, path)
-    provenance["reference_check"] = check_against_reference(model, check_against) if check_against else None
+    provenance["reference_check"] = (check_against_reference(model, check_against, raw_output=spec.raw_output)
+                                     if check_against else None)
     return model, provenance, state_digest(model)
 
 

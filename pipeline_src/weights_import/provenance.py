@@ -3,7 +3,8 @@
 Besides the file's sha256 (what the registry's trust-on-first-use records), the file's git object id is
 computed and compared with the id the authors' repository tree gives for that file at the pinned commit: a
 match proves these are the released bytes without any hash having been published. A mismatch is recorded,
-not refused (a test file in the authors' format, or a later upload, is still importable).
+not refused (a test file in the authors' format, or a later upload, is still importable). A TensorFlow
+checkpoint is two files: its data shard gets the same record under `data`, and `matches_release` needs both.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ def provenance_record(spec: ReleasedWeights, path: str | os.PathLike) -> dict[st
 
     path = Path(path)
     blob = git_blob_id(path)
-    return {
+    record = {
         "source": AUTHORS_RELEASE,
         "import": spec.name,
         "description": spec.description,
@@ -48,3 +49,16 @@ def provenance_record(spec: ReleasedWeights, path: str | os.PathLike) -> dict[st
         "trained_on": spec.trained_on,
         "conversion": spec.conversion,
     }
+    if spec.data_file is not None:
+        from pipeline_src.weights_import.tf_checkpoint import TFCheckpoint
+
+        repository_path, release_blob = spec.data_file
+        data = TFCheckpoint(path).data_path(0)
+        data_blob = git_blob_id(data)
+        record["data"] = {"file": str(data), "size": data.stat().st_size, "sha256": sha256_file(data),
+                          "repository_path": repository_path,
+                          "url": f"{spec.repository}/blob/{spec.commit}/{repository_path}",
+                          "release_git_blob": release_blob, "file_git_blob": data_blob,
+                          "matches_release": data_blob == release_blob}
+        record["matches_release"] = record["matches_release"] and record["data"]["matches_release"]
+    return record

@@ -25,6 +25,7 @@ from pipeline_src.models.adnet import ADNet
 from pipeline_src.models.attsf import ATTSF
 from pipeline_src.models.bianet import BiANet
 from pipeline_src.models.multianet import MultiANet
+from pipeline_src.train.batches import loss_options
 from pipeline_src.train.optim import build_optimizer
 from pipeline_src.train.schedules import build_schedule
 
@@ -239,7 +240,9 @@ def test_adnet_paper_recipe():
     factor = build_schedule(phase["schedule"], total_steps=524000, steps_per_epoch=131)
     assert factor(262000) == pytest.approx(0.5 ** 0.3) and factor(524000) == 0.0
     code = load_recipe(recipe_path("adnet"), "paper", "released_code")
-    assert code["model"]["args"] == {"attention_order": "serial"} and code["phases"] == r["phases"]
+    assert code["model"]["args"] == {"attention_order": "serial", "resize": "tf1"} and code["phases"] == r["phases"]
+    assert loss_options(code, code["phases"][0], Path("data/weights")) == {"multiscale_mse": {"resize": "tf1"}}
+    assert loss_options(r, r["phases"][0], Path("data/weights")) == {}
 
 
 def test_multianet_paper_recipe_and_backbone_weights():

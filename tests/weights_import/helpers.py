@@ -1,9 +1,14 @@
-"""Shared helpers for the weight-import tests: the fixtures' paths and npz files written the way tensorlayer does."""
+"""Shared helpers for the weight-import tests: the fixtures' paths, npz files written the way tensorlayer does, and
+a folder served on 127.0.0.1 as a release host."""
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import pickletools
 import struct
+import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -59,3 +64,24 @@ def python2_pickle(py3_pickle: bytes) -> bytes:
         else:
             out += py3_pickle[pos:end]
     return bytes(out)
+
+
+@contextlib.contextmanager
+def serve_folder(directory: Path, monkeypatch):
+    """Serves `directory` read-only on 127.0.0.1 (no proxy may carry the request elsewhere); yields the base URL."""
+    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(directory)))
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

@@ -1,11 +1,9 @@
-"""The three released KPAC files in config/datasets.yaml: pinned to the authors' commit, trusted on first use, and
-fetched then imported the way the README says (the shipped entry, its URL's host swapped for a local server)."""
+"""The released files in config/datasets.yaml (KPAC's three here; ADNet's two also in test_adnet_import.py): pinned
+to the authors' commit, trusted on first use, and fetched then imported the way the README says (the shipped
+entry, its URL's host swapped for a local server)."""
 from __future__ import annotations
 
-import functools
 import json
-import threading
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlparse
 
 import pytest
@@ -16,7 +14,7 @@ from pipeline_src.data.registry import load_registry
 from pipeline_src.fileio import sha256_file
 from pipeline_src.model_io import load_model_file
 from pipeline_src.weights_import import IMPORTS
-from tests.weights_import.helpers import FIXTURES, REPO, fixture
+from tests.weights_import.helpers import FIXTURES, REPO, fixture, serve_folder
 
 REGISTRY = REPO / "config" / "datasets.yaml"
 
@@ -25,29 +23,19 @@ REGISTRY = REPO / "config" / "datasets.yaml"
 def test_each_import_name_is_a_fetchable_weight_pinned_to_the_release_commit(name):
     entry = load_registry(REGISTRY).weight(name)
     spec = IMPORTS.build(name)
-    assert entry.filename == f"{name}.npz" and entry.sha256 is None  # no published hash: trust on first use
+    suffix = {"tensorlayer_npz": ".npz", "tf_checkpoint": ".index"}[spec.format]
+    assert entry.filename == f"{name}{suffix}" and entry.sha256 is None  # no published hash: trust on first use
     assert entry.urls and all(u.endswith(f"/{spec.commit}/{spec.repository_path}") for u in entry.urls)
     assert {urlparse(u).netloc for u in entry.urls} == {"raw.githubusercontent.com", "github.com"}
-    assert all("HyeongseokSon1/KPAC" in u for u in entry.urls)
+    repository = urlparse(spec.repository).path.strip("/")  # e.g. HyeongseokSon1/KPAC
+    assert all(f"/{repository}/" in u for u in entry.urls)
 
 
 @pytest.fixture
 def fixture_server(monkeypatch):
-    """Serves the fixture folder read-only on 127.0.0.1 (no proxy may carry the request elsewhere)."""
-    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "all_proxy"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-
-    class Quiet(SimpleHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(FIXTURES)))
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+    """Serves the fixture folder read-only on 127.0.0.1."""
+    with serve_folder(FIXTURES, monkeypatch) as url:
+        yield url
 
 
 def test_fetch_records_the_hash_on_first_use_then_import_weights_reads_the_fetched_file(tmp_path, fixture_server):

@@ -47,10 +47,8 @@ rule import_weights:
         summary="data/runs/authors/{weights}/phase.json",
     log:
         "logs/import_weights/{weights}.log",
-    params:
-        file="data/weights/{weights}.npz",
     conda:
         "../../environment.yml"
     shell:
-        "python -m pipeline_src import-weights {wildcards.weights} --file {params.file} --out {output.final} "
-        "> {log} 2>&1"
+        # reads the file(s) `fetch` puts in data/weights/ for this release (the registry's filename)
+        "python -m pipeline_src import-weights {wildcards.weights} --out {output.final} > {log} 2>&1"
