@@ -330,8 +330,9 @@ def render_markdown(tables: list[Table], published: dict, evaluations: list[dict
         for doc in evaluations:
             m = PRIMARY[doc["task"]]
             base = ", ".join(f"{b} {_cell(m, v.get(m))}" for b, v in doc["baselines"].items()) or "-"
+            preset = "authors' weights" if _is_authors(doc) else doc["preset"]  # imported: no preset trained it
             lines.append(f"| {_md(doc['name'])} | {doc['paper']} | {_md(doc['dataset'])} {doc['split']} | "
-                         f"`{doc['protocol_name']}` | {doc['preset']} | {m} {_cell(m, doc['model'].get(m))} | {base} |")
+                         f"`{doc['protocol_name']}` | {preset} | {m} {_cell(m, doc['model'].get(m))} | {base} |")
         lines.append("")
     current = None
     for t in tables:

@@ -172,7 +172,7 @@ def _authors_record(tmp: Path, name: str, psnr: float) -> Path:
     doc["provenance"] = {"source": "authors' release", "import": "kpac_single_2level", "file": "data/weights/k.npz",
                          "sha256": "ef" * 32, "url": "https://github.com/HyeongseokSon1/KPAC/blob/8603ec3/x.npz",
                          "matches_release": True}
-    doc["training_run_id"] = None
+    doc["training_run_id"], doc["preset"] = None, None  # as evaluate records a file of import-weights
     path.write_text(json.dumps(doc))
     return path
 
@@ -193,6 +193,8 @@ def test_authors_weights_join_our_table_on_the_same_data_and_protocol_and_stand_
     assert "equals the release's git blob" in md and "not the paper's training" in md
     rows = list(csv.DictReader((tmp_path / "r" / "rows.csv").open()))
     assert {r["kind"] for r in rows} >= {"ours", "authors", "baseline"}
+    overview = next(line for line in md.splitlines() if line.startswith("| kpac_single_2level-synth-defocus |"))
+    assert "| authors' weights |" in overview and "None" not in overview  # no preset trained the authors' weights
 
     alone = tmp_path / "alone"
     alone.mkdir()
