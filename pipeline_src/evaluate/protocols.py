@@ -67,11 +67,14 @@ class Protocol:
     tiling: Tiling
     notes: str
     source: str  # the file it was read from
+    # 16 -> 8 bits: "round" (round(x / 257), the DPDD papers' conversion) or "high_byte" (x >> 8: what Pillow,
+    # and so scipy.misc.imread, returns for a 16-bit RGB PNG; ADNet's defocus evaluation reads DPDD that way)
+    depth_conversion: str = "round"
 
     # ------------------------------------------------------------------------------ reading the data
     def read(self, img: np.ndarray) -> np.ndarray:
         """An 8/16-bit image from a manifest -> the same image at this protocol's bit depth."""
-        return convert_bit_depth(img, self.bit_depth, what=f"protocol {self.name!r}")
+        return convert_bit_depth(img, self.bit_depth, what=f"protocol {self.name!r}", method=self.depth_conversion)
 
     def to_float(self, img: np.ndarray) -> np.ndarray:
         """An image at this protocol's depth -> float32 on [0, data_range]."""
@@ -86,7 +89,8 @@ class Protocol:
         if source_bit_depth == self.bit_depth:
             return f"none ({source_bit_depth}-bit source read as is)"
         if source_bit_depth == 16 and self.bit_depth == 8:
-            return "16-bit source converted to 8-bit as round(x / 257)"
+            return ("16-bit source converted to 8-bit as round(x / 257)" if self.depth_conversion == "round" else
+                    "16-bit source converted to 8-bit as its high byte, x >> 8 (Pillow's reading of a 16-bit PNG)")
         raise ProtocolError(f"protocol {self.name!r} reads {self.bit_depth}-bit data; a {source_bit_depth}-bit "
                             "source cannot be converted to it (bits cannot be invented)")
 
@@ -111,9 +115,10 @@ class Protocol:
         return d
 
 
-def convert_bit_depth(img: np.ndarray, bits: int, what: str = "image") -> np.ndarray:
-    """uint8/uint16 -> uint8/uint16. 16 -> 8 is round(x / 257) (257 = 65535 / 255, so 65535 -> 255 exactly);
-    8 -> 16 is refused: it would pretend to a precision the data does not have."""
+def convert_bit_depth(img: np.ndarray, bits: int, what: str = "image", method: str = "round") -> np.ndarray:
+    """uint8/uint16 -> uint8/uint16. 16 -> 8 is round(x / 257) (257 = 65535 / 255, so 65535 -> 255 exactly), or
+    with method "high_byte" x >> 8, as Pillow reads a 16-bit PNG; 8 -> 16 is refused: it would pretend to a
+    precision the data does not have."""
     if img.dtype not in (np.uint8, np.uint16):
         raise TypeError(f"{what}: images must be uint8 or uint16, got {img.dtype}")
     if bits not in (8, 16):
@@ -121,6 +126,8 @@ def convert_bit_depth(img: np.ndarray, bits: int, what: str = "image") -> np.nda
     source = 8 if img.dtype == np.uint8 else 16
     if source == bits:
         return img
+    if source == 16 and method == "high_byte":
+        return (img >> 8).astype(np.uint8)
     if source == 16:
         # (x + 128) // 257 == round(x / 257): x / 257 is never exactly k + 1/2 for an integer x
         return ((img.astype(np.uint32) + 128) // 257).astype(np.uint8)
@@ -193,7 +200,8 @@ def _build(name: str, entry: dict, path: Path) -> Protocol:
         clip=(float(lo), float(hi)), quantize=out["quantize"], quantize_bits=out["quantize_bits"],
         border_crop=entry["border_crop"], ssim=dict(entry["ssim"]), metrics=tuple(entry["metrics"]),
         splits=tuple(entry["splits"]), baselines=tuple(entry["baselines"]), tiling=tiling,
-        notes=entry.get("notes", "").strip(), source=str(path))
+        notes=entry.get("notes", "").strip(), source=str(path),
+        depth_conversion=entry.get("depth_conversion", "round"))
 
 
 def _check_tiling(t: Tiling, where: str) -> None:

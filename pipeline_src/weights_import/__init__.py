@@ -22,6 +22,7 @@ IMPORTS = Registry(
         "kpac_single_3level": "pipeline_src.weights_import.kpac",
         "kpac_dual": "pipeline_src.weights_import.kpac",
         "adnet_gopro": "pipeline_src.weights_import.adnet",
+        "adnet_dpdd": "pipeline_src.weights_import.adnet",
     },
 )
 

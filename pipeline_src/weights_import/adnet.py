@@ -1,8 +1,8 @@
 """The ADNet authors' released checkpoint: which TensorFlow variable is which parameter of pipeline_src.models.adnet.
 
 Facts from the authors' repository (zhuyeye/Attentive-Deblurring, the code the paper calls RDAN):
-- `checkpoints/RDAN/checkpoints/deblur.model-675000.{index,data-00000-of-00001}` is the GoPro model their README
-  scores at about 31.22 dB "with python codes" (run_model.py's default `--steps 675000`). It is a TF1 Saver
+- `checkpoints/RDAN/checkpoints/deblur.model-675000.{index,data-00000-of-00001}` is the GoPro model (`adnet_gopro`)
+  their README scores at about 31.22 dB "with python codes" (run_model.py's default `--steps 675000`). A TF1 Saver
   checkpoint (V2 bundle, read by tf_checkpoint.py): 687 tensors, of which 228 are the generator's `weights` and
   `biases` under `g_net/`; the rest are Adam's slots (`.../Adam`, `.../Adam_1`), `beta1_power`, `beta2_power`
   and the step (`Variable`), which an import leaves out.
@@ -19,9 +19,10 @@ Facts from the authors' repository (zhuyeye/Attentive-Deblurring, the code the p
   resize the same weights miss it by 2e-3 and 9e-2.
 - Protocol: run_model.py's test() feeds whole 720 x 1280 frames / 255 and truncates the output to uint8:
   `gopro_8bit`, whose 1280-px tile runs a GoPro frame whole.
-The repository also holds `checkpoints/defocus/.../deblur.model-105000` (DPDD, README about 25.22 dB), the
-same layout; it is not registered: its evaluation reads DPDD's 16-bit PNGs through scipy.misc.imread, whose
-conversion we have not pinned down.
+- The repository's defocus model (`checkpoints/defocus/checkpoints/deblur.model-105000`, README about 25.22 dB on
+  DPDD, "train_c and test_c": the combined view) is the same network and layout (`adnet_dpdd`). Its defocus()
+  reads DPDD's 16-bit PNGs with scipy.misc.imread, i.e. Pillow, which keeps their high byte: protocol
+  `dpdd_single_8bit_pil`.
 """
 from __future__ import annotations
 
@@ -104,14 +105,23 @@ def predictions(model, x):
     return model.predictions(x)[-1]
 
 
-GOPRO = ReleasedWeights(
-    name="adnet_gopro", description="ADNet (RDAN) GoPro model, step 675000 (run_model.py's default)",
-    paper="adnet", recipe="adnet", protocol="gopro_8bit", trained_on="gopro", model_name="adnet",
-    model_args=MODEL_ARGS, repository=REPOSITORY,
-    repository_path="checkpoints/RDAN/checkpoints/deblur.model-675000.index", commit=COMMIT,
-    git_blob="920dfbd86927c68a12c09cd6e5225772c5a809fc", to_state_dict=to_state_dict, conversion=CONVERSION,
-    format="tf_checkpoint", raw_output=predictions,
-    data_file=("checkpoints/RDAN/checkpoints/deblur.model-675000.data-00000-of-00001",
-               "878d23aa4b4cd04ab50f1ff4543c71c94dced321"),
-)
-IMPORTS.register(GOPRO.name)(lambda: GOPRO)
+def _release(name: str, description: str, folder: str, step: int, trained_on: str, protocol: str,
+             index_blob: str, data_blob: str) -> ReleasedWeights:
+    path = f"checkpoints/{folder}/checkpoints/deblur.model-{step}"
+    return ReleasedWeights(
+        name=name, description=description, paper="adnet", recipe="adnet", protocol=protocol, trained_on=trained_on,
+        model_name="adnet", model_args=dict(MODEL_ARGS), repository=REPOSITORY, repository_path=f"{path}.index",
+        commit=COMMIT, git_blob=index_blob, to_state_dict=to_state_dict, conversion=CONVERSION,
+        format="tf_checkpoint", raw_output=predictions, data_file=(f"{path}.data-00000-of-00001", data_blob))
+
+
+# git object ids from the repository's tree at COMMIT (`git ls-tree bcad6fb checkpoints/*/checkpoints/`)
+GOPRO = _release("adnet_gopro", "ADNet (RDAN) GoPro model, step 675000 (run_model.py's default)", "RDAN", 675000,
+                 "gopro", "gopro_8bit", "920dfbd86927c68a12c09cd6e5225772c5a809fc",
+                 "878d23aa4b4cd04ab50f1ff4543c71c94dced321")
+DPDD = _release("adnet_dpdd", "ADNet defocus model on DPDD's combined view, step 105000 (README)", "defocus", 105000,
+                "dpdd", "dpdd_single_8bit_pil", "79b9c1b4ac6ab2648feb9c93a0aacbdd60267763",
+                "986711aae4d55d757d7abd72f2256d89ccc223c2")
+RELEASES = (GOPRO, DPDD)
+for _r in RELEASES:
+    IMPORTS.register(_r.name)(lambda r=_r: r)

@@ -86,8 +86,8 @@ def test_hosts_that_serve_web_pages_are_never_tried_as_urls(shipped):
 def test_unknown_names_list_the_known_ones(shipped):
     with pytest.raises(KeyError, match="known datasets: cuhk, dpdd"):
         shipped.dataset("dpd")
-    with pytest.raises(KeyError, match="known weights: adnet_gopro, adnet_gopro_data, alexnet, kpac_dual, "
-                                       "kpac_single_2level, kpac_single_3level, lpips_alex"):
+    with pytest.raises(KeyError, match="known weights: adnet_dpdd, adnet_dpdd_data, adnet_gopro, adnet_gopro_data, "
+                                       "alexnet, kpac_dual, kpac_single_2level, kpac_single_3level, lpips_alex"):
         shipped.weight("vgg")
     with pytest.raises(KeyError, match="unknown name 'x'"):
         shipped.entry("x")

@@ -73,6 +73,29 @@ def test_16_to_8_bit_is_round_x_over_257():
     np.testing.assert_array_equal(convert_bit_depth(levels, 8), np.arange(256))
 
 
+def test_adnets_defocus_protocol_reads_dpdd_as_pillow_does(book, tmp_path):
+    """ADNet's defocus() reads DPDD's 16-bit PNGs with scipy.misc.imread, i.e. Pillow: the protocol keeps the same
+    8-bit values (the high byte), where the DPDD papers' conversion rounds x / 257."""
+    import cv2
+    from PIL import Image
+
+    from pipeline_src.fileio import read_image
+
+    pil = book.get("dpdd_single_8bit_pil")
+    rgb = np.random.default_rng(0).integers(0, 65536, (6, 7, 3), dtype=np.uint16)
+    rgb[0, :3] = [[255, 256, 32896], [65279, 65280, 65535], [128, 129, 257]]  # where the two rules part
+    path = tmp_path / "dpdd16.png"
+    cv2.imwrite(str(path), rgb[..., ::-1])  # a 16-bit RGB PNG, as DPDD's
+    pillow = np.array(Image.open(path))  # what scipy.misc.imread returned: Image.open, then np.array
+    assert pillow.dtype == np.uint8
+    ours = pil.read(read_image(path))
+    np.testing.assert_array_equal(ours, pillow)
+    assert not np.array_equal(book.get("dpdd_single_8bit").read(read_image(path)), pillow)
+    assert "high byte" in pil.conversion_from(16) and pil.depth_conversion == "high_byte"
+    assert (pil.quantize, pil.tiling.tile, pil.bit_depth) == ("truncate", 1792, 8)  # im2uint8; whole 1680 x 1120
+    assert book.get("gopro_8bit").depth_conversion == "round"  # the default
+
+
 def test_same_depth_is_untouched_and_8_to_16_is_refused(book):
     u8 = np.array([[0, 7, 255]], np.uint8)
     assert convert_bit_depth(u8, 8) is u8
@@ -129,6 +152,7 @@ def _write(tmp_path, mutate) -> Path:
 @pytest.mark.parametrize("mutate,match", [
     (lambda r: r["protocols"]["gopro_8bit"].update(bit_depth=12), r"gopro_8bit\.bit_depth"),
     (lambda r: r["protocols"]["gopro_8bit"].update(colour_order="BGR"), r"gopro_8bit\.colour_order"),
+    (lambda r: r["protocols"]["gopro_8bit"].update(depth_conversion="floor"), r"gopro_8bit\.depth_conversion"),
     (lambda r: r["protocols"]["gopro_8bit"]["output"].update(quantize="floor"), r"gopro_8bit\.output\.quantize"),
     (lambda r: r["protocols"]["gopro_8bit"].update(typo_field=1), r"typo_field"),
     (lambda r: r["protocols"]["gopro_8bit"].update(metrics=["psnr", "vif"]), r"\['vif'\] not known"),

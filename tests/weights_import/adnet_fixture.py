@@ -9,7 +9,8 @@ from pathlib import Path
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 REFERENCE = FIXTURES / "adnet_official"
 REFERENCE_IO = REFERENCE / "adnet_ref_io.npz"
-RELEASE_INDEX = FIXTURES / "adnet_release" / "deblur.model-675000.index"
+RELEASE_INDEX = FIXTURES / "adnet_release" / "deblur.model-675000.index"          # GoPro (RDAN)
+RELEASE_INDEX_DPDD = FIXTURES / "adnet_release" / "deblur.model-105000.index"     # defocus
 
 
 def _formula():

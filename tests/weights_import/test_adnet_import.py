@@ -17,13 +17,14 @@ from pipeline_src.data.registry import load_registry
 from pipeline_src.errors import CheckpointError
 from pipeline_src.model_io import load_model, load_model_file
 from pipeline_src.models import build_model
-from pipeline_src.weights_import.adnet import GOPRO, OPTIMIZER_SCALARS, tf_layout
+from pipeline_src.weights_import.adnet import DPDD, GOPRO, OPTIMIZER_SCALARS, tf_layout
 from pipeline_src.weights_import.provenance import git_blob_id
 from pipeline_src.weights_import.tf_checkpoint import TFCheckpoint, checkpoint_prefix
 from tests.export.conftest import EXPORT_CONFIG, OP_TABLE, make_dataset
 from tests.weights_import.adnet_fixture import (
     REFERENCE_IO,
     RELEASE_INDEX,
+    RELEASE_INDEX_DPDD,
     formula_value,
     write_reference_checkpoint,
 )
@@ -74,31 +75,40 @@ def test_prefix_index_and_data_shard_name_the_same_checkpoint(reference):
 
 
 # ----------------------------------------------------------------------------- the authors' released checkpoint
-def test_the_released_index_holds_exactly_our_network_plus_adams_state():
-    release = TFCheckpoint(RELEASE_INDEX)
-    assert git_blob_id(RELEASE_INDEX) == GOPRO.git_blob  # the authors' file, byte for byte
-    model = build_model(GOPRO.model_name, **GOPRO.model_args)
+@pytest.mark.parametrize("release, index", [(GOPRO, RELEASE_INDEX), (DPDD, RELEASE_INDEX_DPDD)])
+def test_each_released_index_holds_exactly_our_network_plus_adams_state(release, index):
+    checkpoint = TFCheckpoint(index)
+    assert git_blob_id(index) == release.git_blob  # the authors' file, byte for byte
+    model = build_model(release.model_name, **release.model_args)
     layout = tf_layout(model)
     assert len(layout) == len(model.state_dict()) == 228
     for name, (key, shape) in layout.items():
-        assert release.entries[name].shape == shape, name
-        assert release.entries[name].dtype_name == "float32"
-    rest = set(release.entries) - set(layout)
+        assert checkpoint.entries[name].shape == shape, name
+        assert checkpoint.entries[name].dtype_name == "float32"
+    rest = set(checkpoint.entries) - set(layout)
     assert rest == OPTIMIZER_SCALARS | {f"{n}/{slot}" for n in layout for slot in ("Adam", "Adam_1")}
-    n_params = sum(int(np.prod(release.entries[n].shape)) for n in layout)
+    n_params = sum(int(np.prod(checkpoint.entries[n].shape)) for n in layout)
     assert n_params == sum(p.numel() for p in model.parameters()) == 6_907_057  # the model's docstring's count
 
 
-def test_registry_sizes_and_urls_are_the_released_files():
+@pytest.mark.parametrize("release, index", [(GOPRO, RELEASE_INDEX), (DPDD, RELEASE_INDEX_DPDD)])
+def test_registry_sizes_and_urls_are_the_released_files(release, index):
     registry = load_registry(REPO / "config" / "datasets.yaml")
-    index, data = registry.weight("adnet_gopro"), registry.weight("adnet_gopro_data")
-    release = TFCheckpoint(RELEASE_INDEX)
-    assert index.size == RELEASE_INDEX.stat().st_size
-    assert data.size == max(e.offset + e.size for e in release.entries.values()) == 82_884_696
-    assert data.filename == f"{checkpoint_prefix(index.filename)}.data-00000-of-00001"  # the shard beside the index
-    assert all(u.endswith(f"/{GOPRO.commit}/{GOPRO.repository_path}") for u in index.urls)
-    assert all(u.endswith(f"/{GOPRO.commit}/{GOPRO.data_file[0]}") for u in data.urls)
-    assert index.sha256 is None and data.sha256 is None  # nothing published: trusted on first use
+    entry, data = registry.weight(release.name), registry.weight(f"{release.name}_data")
+    checkpoint = TFCheckpoint(index)
+    assert entry.size == index.stat().st_size
+    assert data.size == max(e.offset + e.size for e in checkpoint.entries.values()) == 82_884_696
+    assert data.filename == f"{checkpoint_prefix(entry.filename)}.data-00000-of-00001"  # the shard beside the index
+    assert all(u.endswith(f"/{release.commit}/{release.repository_path}") for u in entry.urls)
+    assert all(u.endswith(f"/{release.commit}/{release.data_file[0]}") for u in data.urls)
+    assert entry.sha256 is None and data.sha256 is None  # nothing published: trusted on first use
+
+
+def test_the_defocus_release_is_scored_as_its_defocus_function_reads_dpdd():
+    assert (DPDD.trained_on, DPDD.protocol, DPDD.model_args) == ("dpdd", "dpdd_single_8bit_pil", GOPRO.model_args)
+    published = yaml.safe_load((REPO / "config" / "published.yaml").read_text())
+    (entry,) = [e for e in published["entries"] if e["paper"] == "adnet" and e["dataset"] == "dpdd"]
+    assert entry["protocol"] == DPDD.protocol and [r["psnr"] for r in entry["rows"]] == [25.22]
 
 
 # ------------------------------------------------------------------------------------------------ exactness

@@ -143,7 +143,7 @@ def paper_of_recipe(recipe):
 
 # the recipe each of the authors' releases is imported as (pipeline_src/weights_import)
 AUTHORS_RECIPE = {"kpac_single_2level": "kpac", "kpac_single_3level": "kpac", "kpac_dual": "kpac_dual",
-                  "adnet_gopro": "adnet"}
+                  "adnet_gopro": "adnet", "adnet_dpdd": "adnet"}
 
 
 def paper_of_evaluation(wildcards):
