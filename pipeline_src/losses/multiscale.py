@@ -3,8 +3,8 @@
 `pred` is the coarse -> fine list of a multi-scale model (a single tensor counts as one scale); the scales are
 unweighted. The target is resized to each prediction's size the way the model resizes its input (`resize`, set
 from the recipe's model args by train/batches.py): "half_pixel", bilinear with align_corners=False and no
-antialiasing, or "tf1", TF1 `resize_images` as ADNet's code resizes its ground truth, which at ADNet's exact
-1/2 and 1/4 keeps every 2nd or 4th pixel.
+antialiasing, or "tf1", TF1 `resize_images` as ADNet's code resizes its ground truth (models/layers/tf1_resize.py;
+at ADNet's exact 1/2 and 1/4 it keeps every 2nd or 4th pixel).
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline_src.losses import LOSSES
+from pipeline_src.models.layers.tf1_resize import resize_tf1
 
 
 @LOSSES.register("multiscale_mse")
@@ -38,10 +39,6 @@ class MultiScaleMSELoss(nn.Module):
         return total
 
     def _resized(self, target, size):
-        if self.resize == "half_pixel":
-            return F.interpolate(target, size=size, mode="bilinear", align_corners=False)
-        (h, w), (th, tw) = size, target.shape[-2:]
-        if th % h or tw % w or th // h != tw // w:
-            raise ValueError(f"loss 'multiscale_mse' (resize tf1): target {th}x{tw} is not an exact multiple of the "
-                             f"prediction {h}x{w}")
-        return target[..., :: th // h, :: tw // w]  # TF1 bilinear at an exact 1/k: src = k * dst, whole pixels
+        if self.resize == "tf1":
+            return resize_tf1(target, size)
+        return F.interpolate(target, size=size, mode="bilinear", align_corners=False)

@@ -1,12 +1,11 @@
 """ADNet (RDAN): parameter count, the model contract, shared weights across scales, and the attention block."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
 from pipeline_src.models import build_model
-from pipeline_src.models.adnet import ADNet, EncoderDecoder, _resize_tf1
+from pipeline_src.models.adnet import ADNet, EncoderDecoder
 from pipeline_src.models.layers.residual_attention import ResidualAttentionBlock
 from tests.model_checks import (
     check_deterministic_init,
@@ -124,25 +123,6 @@ def test_onnx_parity_with_the_codes_tf1_resize():
     torch.manual_seed(0)
     code = build_model("adnet", widths=(16, 16, 16), attention_order="serial", resize="tf1").eval()
     check_onnx_parity(code, in_channels=3, export_size=(32, 32), check_sizes=[(48, 40), (37, 21)])
-
-
-def _tf1_bilinear(a: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
-    """TF1 resize_bilinear (align_corners=False, half_pixel_centers=False), written from its definition:
-    src = dst * in / out, neighbours floor(src) and min(floor(src) + 1, in - 1)."""
-    def axis(n_in, n_out):
-        src = np.arange(n_out) * (n_in / n_out)
-        lo = np.floor(src).astype(int)
-        return lo, np.minimum(lo + 1, n_in - 1), src - lo
-    (y0, y1, fy), (x0, x1, fx) = axis(a.shape[-2], out_h), axis(a.shape[-1], out_w)
-    rows = a[..., y0, :] * (1 - fy)[:, None] + a[..., y1, :] * fy[:, None]
-    return rows[..., x0] * (1 - fx) + rows[..., x1] * fx
-
-
-@pytest.mark.parametrize("factor, up", [(2, False), (4, False), (2, True)])
-def test_tf1_resize_is_tf1s_bilinear_at_adnets_factors(factor, up):
-    x = torch.rand(2, 3, 8, 12, dtype=torch.float64)
-    h, w = (16, 24) if up else (8 // factor, 12 // factor)
-    np.testing.assert_allclose(_resize_tf1(x, factor, up).numpy(), _tf1_bilinear(x.numpy(), h, w), atol=1e-12)
 
 
 def test_predictions_are_the_unclamped_network_in_eval_mode_too():
