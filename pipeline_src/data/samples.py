@@ -63,11 +63,11 @@ def samples_of(manifest: dict, split: str) -> list[tuple[int, dict]]:
     return [(i, s) for i, s in enumerate(manifest["samples"]) if s["split"] == split]
 
 
-def sample_files(manifest: dict, sample: dict, root: str | os.PathLike | None = None) -> list[Path]:
-    """The files `load_sample` reads for `sample` (inputs, target, mask, defocus map)."""
+def sample_paths(manifest: dict, sample: dict, root: str | os.PathLike | None = None) -> dict[str, Path]:
+    """Key -> file of every array `load_sample` reads for `sample`: input views, target, mask, defocus map."""
     base = Path(manifest["root"] if root is None else root)
-    rels = [*sample["inputs"].values(), sample["target"], sample["mask"], sample["defocus"]]
-    return [base / rel for rel in rels if rel is not None]
+    rels = {**sample["inputs"], "target": sample["target"], "mask": sample["mask"], "defocus": sample["defocus"]}
+    return {key: base / rel for key, rel in rels.items() if rel is not None}
 
 
 def array_keys(manifest: dict) -> list[str]:
@@ -92,25 +92,22 @@ def load_sample(manifest: dict, sample: dict, root: str | os.PathLike | None = N
     """Arrays of one sample (see the module docstring). `root` overrides the manifest's root (moved data)."""
     from pipeline_src.fileio import read_image
 
-    base = Path(manifest["root"] if root is None else root)
     expect_dtype = np.uint16 if manifest["bit_depth"] == 16 else np.uint8
+    paths = sample_paths(manifest, sample, root)
     out: dict[str, np.ndarray] = {}
-    for key, rel in list(sample["inputs"].items()) + [("target", sample["target"])]:
-        if rel is None:
-            continue
-        img = read_image(base / rel)
-        if img.dtype != expect_dtype:
-            raise DataError(f"{base / rel}: {img.dtype}, but the manifest says {manifest['bit_depth']}-bit; "
-                            "the tree changed since indexing, re-run `index`")
-        out[key] = img
-    if sample["mask"] is not None:
-        out["mask"] = mask_to_in_focus(read_image(base / sample["mask"], color=False),
-                                       manifest["mask_source_in_focus_value"])
-    if sample["defocus"] is not None:
-        out["defocus"] = np.load(base / sample["defocus"]).astype(np.float32, copy=False)
+    for key, path in paths.items():
+        if key == "mask":
+            out[key] = mask_to_in_focus(read_image(path, color=False), manifest["mask_source_in_focus_value"])
+        elif key == "defocus":
+            out[key] = np.load(path).astype(np.float32, copy=False)
+        else:
+            img = read_image(path)
+            if img.dtype != expect_dtype:
+                raise DataError(f"{path}: {img.dtype}, but the manifest says {manifest['bit_depth']}-bit; "
+                                "the tree changed since indexing, re-run `index`")
+            out[key] = img
     for key, arr in out.items():
         if arr.shape[:2] != (sample["height"], sample["width"]):
-            rel = sample["inputs"].get(key) or sample[key]
-            raise DataError(f"{base / rel}: {arr.shape[1]}x{arr.shape[0]} (WxH), but the manifest says "
+            raise DataError(f"{paths[key]}: {arr.shape[1]}x{arr.shape[0]} (WxH), but the manifest says "
                             f"{sample['width']}x{sample['height']}; the tree changed since indexing, re-run `index`")
     return out

@@ -99,12 +99,12 @@ def iter_test_inputs(manifest_path: str | os.PathLike, views, limit: int | None 
 
 def require_split_files(manifest_path: str | os.PathLike, limit: int | None = None, split: str = "test") -> None:
     """Refuse, naming the first missing file, before long work whose end reads the split (iter_test_inputs)."""
-    from pipeline_src.data.samples import sample_files
+    from pipeline_src.data.samples import sample_paths
     from pipeline_src.fileio import ImageReadError
 
     manifest, samples = split_samples(manifest_path, split)
     for sample in samples[:limit]:
-        for path in sample_files(manifest, sample):
+        for path in sample_paths(manifest, sample).values():
             if not path.is_file():
                 raise ImageReadError(f"{path}: no such file ({split} sample {sample['id']!r} of {manifest_path}); "
                                      "restore it or re-run `index` on the dataset")
